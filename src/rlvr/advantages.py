@@ -1,0 +1,450 @@
+"""Advantage estimators: pure functions ``rewards [P, G] -> advantages [P, G]``, and their registry.
+
+P prompts, G samples per prompt. Grouping is the tensor's shape: row p holds the G rewards of
+prompt p. Hyperparameters are keyword-only. Every estimator computes in float64 and returns the
+input's dtype; bad input (wrong rank, non-float, NaN/inf, a group too small for the estimator)
+raises ValueError naming the problem. Nothing is broadcast silently.
+
+Max@k notation (one group of n = G rewards g_1..g_n, 1 <= k <= n; all means over subsets S of the
+group's indices with |S| = k):
+    U    = mean_{S}         max_S g      the unbiased max@k estimate (a U-statistic)
+    q_i  = mean_{S ∋ i}     max_S g      include-one value
+    v_i  = mean_{S ∌ i}     max_S g      leave-one-out value (needs n >= k + 1)
+Sorted closed forms (ascending g_(1) <= ... <= g_(n), rank m, C = binomial, out-of-range C = 0):
+    q_(m) = [C(m-1, k-1) g_(m) + Σ_{l>m} C(l-2, k-2) g_(l)] / C(n-1, k-1)
+    v_(m) = Σ_{p=1}^{n-1} C(p-1, k-1) / C(n-1, k) · y_p,   y = the sorted group with rank m removed
+They cost O(n log n) per group (one stable sort, prefix/suffix sums in float64). The binomial
+ratios are exact integers rounded once to float64 and cached per (n, k).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable
+
+import torch
+
+from rlvr.registry import Registry, import_callable
+
+Tensor = torch.Tensor
+_F64 = torch.float64
+
+__all__ = [
+    "AdvantageSpec", "register", "get", "spec", "names",
+    "grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "gpg", "aapo", "pkpo", "maxpo", "passk_training",
+    "include_one", "leave_one_out", "max_at_k",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AdvantageSpec:
+    """A registered estimator and what a training loop must know about it.
+
+    needs_reference_samples: the estimator takes ``ref_rewards`` [P, G], the rewards of G samples
+        drawn from the frozen reference model for the same prompts (AAPO).
+    takes_k: the estimator takes the max@k / pass@k order ``k``.
+    centred: each row of the output sums to zero for every input (exactly, up to rounding).
+    grad_scale: the factor c such that c · Σ_i A_i ∇log π(o_i) (summed over a group) is the
+        estimator's intended gradient; a string because some depend on G and k (e.g. "k/G").
+    """
+
+    name: str
+    fn: Callable[..., Tensor]
+    needs_reference_samples: bool = False
+    takes_k: bool = False
+    centred: bool = False
+    grad_scale: str = "1/G"
+
+
+_REGISTRY: Registry[AdvantageSpec] = Registry("advantage estimator")
+
+
+def register(name: str, **facts) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Decorator: register ``fn`` under ``name`` with the given AdvantageSpec facts."""
+
+    def deco(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        _REGISTRY.add(name, AdvantageSpec(name=name, fn=fn, **facts))
+        return fn
+
+    return deco
+
+
+def spec(name: str) -> AdvantageSpec:
+    """The registered entry for ``name`` (or for an import path 'module:function', with default facts)."""
+    if ":" in name:
+        return AdvantageSpec(name=name, fn=import_callable(name))
+    return _REGISTRY.entry(name)
+
+
+def get(name: str) -> Callable[..., Tensor]:
+    """The estimator registered as ``name``; unknown names raise ValueError listing the valid ones."""
+    return spec(name).fn
+
+
+def names() -> list[str]:
+    """Sorted names of the registered estimators."""
+    return _REGISTRY.names()
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation and shared pieces
+# ----------------------------------------------------------------------------------------------
+
+def _check_rewards(rewards: Tensor, who: str, arg: str = "rewards") -> Tensor:
+    """Validate a [P, G] float reward tensor and return a float64 copy."""
+    if not isinstance(rewards, Tensor):
+        raise ValueError(f"{who}: {arg} must be a torch.Tensor of shape [P, G], got {type(rewards).__name__}")
+    if rewards.dim() != 2:
+        raise ValueError(f"{who}: {arg} must have shape [P, G] (prompts × samples), got shape {tuple(rewards.shape)}")
+    if not rewards.is_floating_point():
+        raise ValueError(f"{who}: {arg} must be a floating tensor, got dtype {rewards.dtype}")
+    if rewards.shape[0] == 0 or rewards.shape[1] == 0:
+        raise ValueError(f"{who}: {arg} is empty (shape {tuple(rewards.shape)})")
+    bad = ~torch.isfinite(rewards)
+    if bad.any():
+        p, g = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(f"{who}: {arg} must be finite; {arg}[{p}, {g}] = {rewards[p, g].item()}"
+                         f" ({int(bad.sum())} non-finite values)")
+    return rewards.detach().to(_F64)
+
+
+def _check_k(k: int, n: int, who: str, *, min_n: int, min_k: int = 1, why: str = "") -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ValueError(f"{who}: k must be an int, got {k!r}")
+    if k < min_k:
+        raise ValueError(f"{who}: k must be >= {min_k}, got k={k}")
+    if n < min_n:
+        raise ValueError(f"{who}: needs G >= {min_n} samples per prompt for k={k}, got G={n}{why}")
+    return k
+
+
+def _constant_rows(r: Tensor) -> Tensor:
+    """[P, 1] bool: rows whose rewards are all equal (their centred advantage is exactly 0)."""
+    return (r.amax(-1, keepdim=True) == r.amin(-1, keepdim=True))
+
+
+def _centred(r: Tensor, *, scale_by_std: bool, eps: float) -> Tensor:
+    """(r − mean)[/(std + eps)] per row, unbiased std; constant rows (and G = 1) give exactly 0."""
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    out = r - r.mean(-1, keepdim=True)
+    if scale_by_std and r.shape[-1] > 1:
+        out = out / (r.std(-1, keepdim=True, correction=1) + eps)
+    return torch.where(_constant_rows(r), torch.zeros_like(out), out)
+
+
+@functools.lru_cache(maxsize=512)
+def _ratio_table(a_lo: int, a_hi: int, b: int, c: int, d: int) -> tuple[float, ...]:
+    """(C(a, b) / C(c, d) for a in a_lo..a_hi), each correctly rounded to float64.
+
+    Exact integer binomials (C = 0 outside 0 <= b <= a) then one rounding, cached per argument
+    set: far more accurate than lgamma differences (which lose ~1e-13 relative at G = 256) and
+    free after the first call for a given (G, k).
+    """
+    den = math.comb(c, d)
+    if den == 0:
+        raise ValueError(f"C({c}, {d}) = 0 cannot be a denominator")
+    return tuple(float(Fraction(math.comb(a, b), den)) if 0 <= b <= a else 0.0 for a in range(a_lo, a_hi + 1))
+
+
+def _ratios(a_lo: int, a_hi: int, b: int, c: int, d: int) -> Tensor:
+    """float64 tensor of C(a, b)/C(c, d) for a = a_lo..a_hi."""
+    return torch.tensor(_ratio_table(a_lo, a_hi, b, c, d), dtype=_F64)
+
+
+def _sort(r: Tensor) -> tuple[Tensor, Tensor]:
+    """Ascending stable sort of each row, and the inverse permutation (sorted -> original)."""
+    g, perm = torch.sort(r, dim=-1, stable=True)
+    return g, torch.argsort(perm, dim=-1)
+
+
+def _include_one(r: Tensor, k: int) -> Tensor:
+    """q [P, n] (float64) from float64 rewards; requires 1 <= k <= n."""
+    n = r.shape[-1]
+    g, inv = _sort(r)
+    diag = _ratios(0, n - 1, k - 1, n - 1, k - 1) * g                         # C(m-1,k-1) g_(m), m=1..n
+    off = _ratios(-1, n - 2, k - 2, n - 1, k - 1) * g                         # C(l-2,k-2) g_(l), l=1..n
+    after = torch.cat([off[:, 1:].flip(-1).cumsum(-1).flip(-1), torch.zeros_like(off[:, :1])], -1)  # Σ_{l>m}
+    return torch.gather(diag + after, -1, inv)
+
+
+def _leave_one_out(r: Tensor, k: int) -> Tensor:
+    """v [P, n] (float64) from float64 rewards; requires 1 <= k <= n - 1."""
+    n = r.shape[-1]
+    g, inv = _sort(r)
+    w = _ratios(0, n - 2, k - 1, n - 1, k)                                   # C(p-1,k-1)/C(n-1,k), p=1..n-1
+    zero = torch.zeros_like(g[:, :1])
+    before = torch.cat([zero, (g[:, :-1] * w).cumsum(-1)], -1)                # Σ_{p<m} w_p g_(p)
+    after = torch.cat([(g[:, 1:] * w).flip(-1).cumsum(-1).flip(-1), zero], -1)  # Σ_{p>=m} w_p g_(p+1)
+    return torch.gather(before + after, -1, inv)
+
+
+# ----------------------------------------------------------------------------------------------
+# Max@k building blocks (public, unregistered)
+# ----------------------------------------------------------------------------------------------
+
+def include_one(rewards: Tensor, *, k: int) -> Tensor:
+    """Include-one value q_i = mean over size-k subsets S ∋ i of max_S r.   [P, G] -> [P, G]
+
+    Equation: q_(m) = [C(m−1,k−1) r_(m) + Σ_{l>m} C(l−2,k−2) r_(l)] / C(G−1,k−1) on ascending ranks m.
+    Paper: PKPO (arXiv 2505.15201) Eqs. 19–21 give s_i = (k/G)·q_i.
+    Example: include_one(torch.tensor([[0., 1., 3.]]), k=2) -> [[2.0, 2.0, 3.0]].
+    """
+    r = _check_rewards(rewards, "include_one")
+    _check_k(k, r.shape[1], "include_one", min_n=k)
+    return _include_one(r, k).to(rewards.dtype)
+
+
+def leave_one_out(rewards: Tensor, *, k: int) -> Tensor:
+    """Leave-one-out value v_i = mean over size-k subsets S ∌ i of max_S r.   [P, G] -> [P, G]
+
+    Equation: v_(m) = Σ_{p=1}^{G−1} C(p−1,k−1)/C(G−1,k) · y_p, y = sorted rewards without rank m.
+    v_i does not depend on sample i, so it is a valid baseline. Requires G >= k + 1.
+    Example: leave_one_out(torch.tensor([[0., 1., 3.]]), k=2) -> [[3.0, 3.0, 1.0]].
+    """
+    r = _check_rewards(rewards, "leave_one_out")
+    _check_k(k, r.shape[1], "leave_one_out", min_n=k + 1)
+    return _leave_one_out(r, k).to(rewards.dtype)
+
+
+def max_at_k(rewards: Tensor, *, k: int) -> Tensor:
+    """Unbiased max@k estimate per group, U = C(G,k)^{-1} Σ_{m>=k} C(m−1,k−1) r_(m).   [P, G] -> [P]
+
+    Paper: PKPO (arXiv 2505.15201) Eqs. 12–13; for binary rewards it is Chen et al.'s pass@k
+    estimator 1 − C(G−c,k)/C(G,k) (arXiv 2107.03374).
+    Example: max_at_k(torch.tensor([[0., 1., 3.]]), k=2) -> [7/3].
+    """
+    r = _check_rewards(rewards, "max_at_k")
+    n = r.shape[1]
+    _check_k(k, n, "max_at_k", min_n=k)
+    g, _ = _sort(r)
+    return (_ratios(0, n - 1, k - 1, n, k) * g).sum(-1).to(rewards.dtype)     # C(m-1,k-1)/C(n,k), m=1..n
+
+
+# ----------------------------------------------------------------------------------------------
+# Registered estimators
+# ----------------------------------------------------------------------------------------------
+
+@register("grpo", centred=True, grad_scale="1/G (biased: the 1/std is data dependent)")
+def grpo(rewards: Tensor, *, scale_by_std: bool = True, eps: float = 1e-6) -> Tensor:
+    """GRPO group-normalised advantage.   [P, G] -> [P, G]
+
+    Equation: A_i = (r_i − mean(r)) / (std(r) + ε), std unbiased (Bessel); without scale_by_std,
+    A_i = r_i − mean(r).
+    Paper: DeepSeekMath, Shao et al. 2024, arXiv 2402.03300, §4.1 (outcome supervision, Eq. 3).
+    Deviations: a constant group (and G = 1, where the std is undefined) gives exactly 0, never
+    NaN or 0/ε round-off; ε = 1e-6 as in verl.
+    Example: grpo(torch.tensor([[1., 0., 0., 1.]])) -> [[0.866, −0.866, −0.866, 0.866]] (std = 0.577).
+    """
+    return _centred(_check_rewards(rewards, "grpo"), scale_by_std=scale_by_std, eps=eps).to(rewards.dtype)
+
+
+@register("dr_grpo", centred=True, grad_scale="1/(G-1): unbiased for the mean reward")
+def dr_grpo(rewards: Tensor) -> Tensor:
+    """Dr. GRPO advantage: the group mean subtracted, no std division.   [P, G] -> [P, G]
+
+    Equation: A_i = r_i − mean(r) = (G−1)/G · (r_i − mean_{j≠i} r_j).
+    Paper: Liu et al. 2025, "Understanding R1-Zero-like training", arXiv 2503.20783 (§3.2).
+    Deviations: none; pair it with aggregation "seq_mean_token_sum_norm" as in the paper.
+    Example: dr_grpo(torch.tensor([[1., 0., 0., 1.]])) -> [[0.5, −0.5, −0.5, 0.5]].
+    """
+    return _centred(_check_rewards(rewards, "dr_grpo"), scale_by_std=False, eps=0.0).to(rewards.dtype)
+
+
+@register("rloo", centred=True, grad_scale="1/G: unbiased for the mean reward")
+def rloo(rewards: Tensor) -> Tensor:
+    """REINFORCE leave-one-out advantage.   [P, G] -> [P, G]
+
+    Equation: A_i = r_i − (1/(G−1)) Σ_{j≠i} r_j  (= MaxPO at k = 1).
+    Paper: Kool et al. 2019; Ahmadian et al. 2024, arXiv 2402.14740 (§3.2).
+    Deviations: G = 1 raises ValueError (there is no other sample to form the baseline; verl
+    silently uses baseline 0 there). Constant groups give exactly 0.
+    Example: rloo(torch.tensor([[1., 0., 0., 1.]])) -> [[0.667, −0.667, −0.667, 0.667]].
+    """
+    r = _check_rewards(rewards, "rloo")
+    n = r.shape[1]
+    if n < 2:
+        raise ValueError(f"rloo: needs G >= 2 samples per prompt (the baseline leaves sample i out), got G={n}")
+    out = r - (r.sum(-1, keepdim=True) - r) / (n - 1)
+    return torch.where(_constant_rows(r), torch.zeros_like(out), out).to(rewards.dtype)
+
+
+@register("reinforce_pp_baseline", grad_scale="1/G (biased: batch whitening)")
+def reinforce_pp_baseline(rewards: Tensor, *, lengths: Tensor | None = None, eps: float = 1e-8) -> Tensor:
+    """REINFORCE++-baseline: group mean subtracted, then whitened over the whole batch.   [P, G] -> [P, G]
+
+    Equation: a_i = r_i − mean_group(r);  A_i = (a_i − μ) / sqrt(σ² + ε), where μ and σ² are the
+    mean and the unbiased variance of a over all P·G samples, each sample weighted by its token
+    count when ``lengths`` [P, G] is given (this reproduces verl/OpenRLHF, which whiten over valid
+    tokens with the advantage broadcast to every token of its response).
+    Paper: Hu 2025, REINFORCE++, arXiv 2501.03262 (the "-baseline" variant for group sampling).
+    Deviations: a batch with total weight <= 1 gives zeros instead of a division by zero. Groups
+    with constant rewards are *not* zero after whitening (they receive −μ/σ), as in the reference
+    implementations.
+    Example: reinforce_pp_baseline(torch.tensor([[1., 0.], [1., 1.]])) -> [[1.225, −1.225], [0., 0.]].
+    """
+    r = _check_rewards(rewards, "reinforce_pp_baseline")
+    if eps < 0:
+        raise ValueError(f"reinforce_pp_baseline: eps must be >= 0, got {eps}")
+    a = _centred(r, scale_by_std=False, eps=0.0)
+    if lengths is None:
+        w = torch.ones_like(a)
+    else:
+        if not isinstance(lengths, Tensor) or lengths.shape != rewards.shape:
+            got = tuple(lengths.shape) if isinstance(lengths, Tensor) else type(lengths).__name__
+            raise ValueError(f"reinforce_pp_baseline: lengths must have the rewards' shape {tuple(rewards.shape)}, got {got}")
+        w = lengths.detach().to(_F64)
+        if not torch.isfinite(w).all() or (w < 0).any():
+            raise ValueError("reinforce_pp_baseline: lengths must be finite and >= 0")
+    total = w.sum()
+    if total <= 1:
+        return torch.zeros_like(rewards)
+    mu = (w * a).sum() / total
+    var = (w * (a - mu) ** 2).sum() / (total - 1)
+    return ((a - mu) / torch.sqrt(var + eps)).to(rewards.dtype)
+
+
+@register("gpg", centred=True, grad_scale="1/G, with α rescaling the batch")
+def gpg(rewards: Tensor, *, scale_by_std: bool = False, eps: float = 1e-6) -> Tensor:
+    """GPG advantage: group-centred rewards rescaled by the batch's informative fraction.   [P, G] -> [P, G]
+
+    Equation: A_i = α · (r_i − mean(r)) / F,  F = std(r) + ε if scale_by_std else 1,
+    α = B / (B − M), B = P·G samples in the batch, M = samples in zero-variance groups.
+    Paper: Chu et al. 2025, GPG, arXiv 2504.02546 (the α correction of its §3).
+    Deviations: when every group has zero variance (M = B) the advantages are all 0 and α is
+    taken as 1. The resampling threshold β_th lives in the trainer (dynamic sampling), not here.
+    Example: gpg(torch.tensor([[1., 0.], [1., 1.]])) -> [[1.0, −1.0], [0., 0.]] (α = 4/2).
+    """
+    r = _check_rewards(rewards, "gpg")
+    out = _centred(r, scale_by_std=scale_by_std, eps=eps)
+    total = r.numel()
+    degenerate = int(_constant_rows(r).sum()) * r.shape[1]
+    alpha = total / (total - degenerate) if total > degenerate else 1.0
+    return (alpha * out).to(rewards.dtype)
+
+
+@register("aapo", needs_reference_samples=True, grad_scale="1/Σ|o_i| (token mean)")
+def aapo(rewards: Tensor, *, ref_rewards: Tensor, scale_by_std: bool = False, eps: float = 1e-4,
+         margin_low: float = -0.2, margin_high: float = 0.28) -> Tensor:
+    """AAPO advantage: group-relative advantage plus the clipped margin over a reference sample.   [P, G] -> [P, G]
+
+    Equation: A_i = (r_i − mean(r))[/(std(r) + ε)] + clip(r_i − r^ref_i, δ_low, δ_high), where
+    r^ref [P, G] are the rewards of G samples of the frozen reference (initial) model for the same
+    prompt and policy sample i is paired with reference sample i.
+    Paper: Xiong et al., AAPO, arXiv 2505.14264 ("advantage margin", Eq. 5 clip); δ = (−0.2, 0.28)
+    and ε = 1e-4 (TRL 0.16's std guard) from the authors' code.
+    Deviations: G = 1 or a constant group gives a group part of exactly 0 (TRL gives NaN for G = 1);
+    the margin still applies, which is the point of the method. Not centred: Σ_i A_i = Σ_i m_i.
+    Example: aapo(torch.tensor([[1., 1.]]), ref_rewards=torch.tensor([[0., 1.]])) -> [[0.28, 0.0]].
+    """
+    r = _check_rewards(rewards, "aapo")
+    ref = _check_rewards(ref_rewards, "aapo", arg="ref_rewards")
+    if ref.shape != r.shape:
+        raise ValueError(f"aapo: ref_rewards must have the rewards' shape {tuple(r.shape)} "
+                         f"(reference sample i is paired with policy sample i), got {tuple(ref.shape)}")
+    if not margin_low <= margin_high:
+        raise ValueError(f"aapo: need margin_low <= margin_high, got {margin_low} > {margin_high}")
+    group = _centred(r, scale_by_std=scale_by_std, eps=eps)
+    return (group + (r - ref).clamp(margin_low, margin_high)).to(rewards.dtype)
+
+
+_PKPO_BASELINES = ("none", "loo", "loo_minus_one")
+
+
+@register("pkpo", takes_k=True, grad_scale="1 (the weights already carry PKPO's normalisation)")
+def pkpo(rewards: Tensor, *, k: int, baseline: str = "loo_minus_one") -> Tensor:
+    """PKPO gradient weights for max@k (pass@k for binary rewards).   [P, G] -> [P, G]
+
+    Equations, with q, v as in the module docstring and n = G:
+      "none":          s_i = (k/n) q_i                                   (PKPO Eq. 19 / 27)
+      "loo":           s_i^(loo) = (k/n) q_i − (k/(n−1)) v_i             (Eq. 29; needs n >= k+1)
+      "loo_minus_one": s_i^(loo−1) = (k/n) (q_i − v_i^(k−1))             (Eqs. 33–34; needs k >= 2)
+    where v^(k−1) is the leave-one-out value for subsets of size k−1.
+    Paper: Walder & Karkhanis, PKPO, arXiv 2505.15201. Σ_i s_i ∇log π(o_i) is unbiased for ∇max@k
+    with all three baselines (scale 1, PKPO's own normalisation). None of them is centred:
+    Σ s = kU, Σ s^(loo) = −kU/(n−1), Σ s^(loo−1) = k(U_k − U_{k−1}) >= 0.
+    Deviations: "loo_minus_one" with k = 1 raises (PKPO uses plain LOO centring there: see rloo).
+    Constant groups give exactly 0 for "loo_minus_one" (and k·c/n, −k·c/(n(n−1)) for the others).
+    Example: pkpo(torch.tensor([[0., 1., 3.]]), k=2, baseline="loo_minus_one") -> [[0., 0.333, 1.667]].
+    """
+    r = _check_rewards(rewards, "pkpo")
+    n = r.shape[1]
+    if baseline not in _PKPO_BASELINES:
+        raise ValueError(f"pkpo: baseline must be one of {', '.join(_PKPO_BASELINES)}; got {baseline!r}")
+    if baseline == "none":
+        _check_k(k, n, "pkpo", min_n=k)
+        out = k / n * _include_one(r, k)
+    elif baseline == "loo":
+        _check_k(k, n, "pkpo(baseline='loo')", min_n=k + 1,
+                 why=" (the leave-one-out baseline averages size-k subsets without sample i)")
+        out = k / n * _include_one(r, k) - k / (n - 1) * _leave_one_out(r, k)
+    else:
+        _check_k(k, n, "pkpo(baseline='loo_minus_one')", min_n=k, min_k=2)
+        out = k / n * (_include_one(r, k) - _leave_one_out(r, k - 1))
+        out = torch.where(_constant_rows(r), torch.zeros_like(out), out)
+    return out.to(rewards.dtype)
+
+
+@register("maxpo", takes_k=True, centred=True, grad_scale="k/G: unbiased for max@k")
+def maxpo(rewards: Tensor, *, k: int) -> Tensor:
+    """MaxPO advantage: include-one minus leave-one-out max@k value (the Leave-Two-Out baseline).   [P, G] -> [P, G]
+
+    Equation: A_i = q_i − v_i = mean_{|S|=k, S∋i} max_S r − mean_{|S|=k, S∌i} max_S r.
+    It equals PKPO's loo−1 signal (q_i − v_i^(k−1)) minus the Leave-Two-Out baseline
+    b_i = (1/(n−1)) Σ_{j≠i} [loo−1 signal of j in the group without i] = v_i − v_i^(k−1).
+    With gradient (k/G)·Σ_i A_i ∇log π(o_i) it is unbiased for ∇max@k; Σ_i A_i = 0 exactly for
+    every realisation; k = 1 gives RLOO.
+    Paper: Takashiro, Nishimori, Parmas et al., "On Advantage Estimates for Max@K Policy
+    Gradients" (MaxPO), arXiv 2606.06080. The closed form above is our derivation from the paper's
+    definition (L2O baseline, exact centring), cross-checked by brute force; see docs/algorithms.md.
+    Deviations: computed in O(G log G) per group instead of the paper's quadratic construction
+    (tests and `rlvr bench advantages` check they agree to 1e-9). Requires G >= k + 1.
+    Example: maxpo(torch.tensor([[0., 1., 3.]]), k=2) -> [[−1.0, −1.0, 2.0]].
+    """
+    r = _check_rewards(rewards, "maxpo")
+    n = r.shape[1]
+    _check_k(k, n, "maxpo", min_n=k + 1,
+             why=(": with G = k no size-k subset leaves sample i out, so the leave-one-out value and the"
+                  " Leave-Two-Out baseline are undefined; use a smaller k or pkpo(baseline='loo_minus_one')"))
+    out = _include_one(r, k) - _leave_one_out(r, k)
+    return torch.where(_constant_rows(r), torch.zeros_like(out), out).to(rewards.dtype)
+
+
+@register("passk_training", takes_k=True, centred=True, grad_scale="1/G (biased: the 1/σ is data dependent)")
+def passk_training(rewards: Tensor, *, k: int, eps: float = 1e-6) -> Tensor:
+    """Pass@k Training advantage for binary rewards, in closed form.   [P, G] -> [P, G]
+
+    Equation, with c correct samples out of n = G in the group:
+      R̄ = 1 − C(n−c, k)/C(n, k)  (the group's pass@k estimate),  σ = sqrt(R̄(1 − R̄)),
+      A_correct = (1 − R̄)/(σ + ε),
+      A_wrong   = (1 − R̄ − C(n−c−1, k−1)/C(n−1, k−1))/(σ + ε).
+    For n > k this is (n−k)/n · (q_i − v_i)/(σ + ε): MaxPO's direction with a data-dependent scale.
+    Paper: Chen et al. 2025, "Pass@k Training for Adaptively Balancing Exploration and
+    Exploitation", arXiv 2508.10751 (analytical derivation); ε = 1e-6 as in the authors' code.
+    Deviations: groups with σ = 0 (all correct, or pass@k estimate 0) give exactly 0; rewards
+    other than 0/1 raise ValueError (the closed form is for binary rewards only).
+    Example: passk_training(torch.tensor([[1., 0., 0., 0.]]), k=2) -> [[1.0, −0.333, −0.333, −0.333]] (R̄ = σ = 0.5).
+    """
+    r = _check_rewards(rewards, "passk_training")
+    n = r.shape[1]
+    _check_k(k, n, "passk_training", min_n=k)
+    if eps < 0:
+        raise ValueError(f"passk_training: eps must be >= 0, got {eps}")
+    nonbinary = (r != 0) & (r != 1)
+    if nonbinary.any():
+        p, g = (int(x) for x in nonbinary.nonzero()[0])
+        raise ValueError(f"passk_training: rewards must be binary (0 or 1); rewards[{p}, {g}] = {r[p, g].item()}")
+    c = r.sum(-1, keepdim=True).long()                                        # [P, 1] correct count
+    pass_k = 1.0 - _ratios(0, n, k, n, k)[n - c]                              # 1 − C(n−c,k)/C(n,k)
+    sigma = torch.sqrt((pass_k * (1.0 - pass_k)).clamp_min(0.0))
+    pos = (1.0 - pass_k) / (sigma + eps)
+    neg = (1.0 - pass_k - _ratios(-1, n - 1, k - 1, n - 1, k - 1)[n - c]) / (sigma + eps)  # C(n−c−1,k−1)/C(n−1,k−1)
+    out = torch.where(r == 1, pos, neg)
+    return torch.where(sigma == 0, torch.zeros_like(out), out).to(rewards.dtype)
