@@ -78,7 +78,7 @@ def register(name: str, **facts) -> Callable[[Callable[..., Tensor]], Callable[.
 
 def spec(name: str) -> AdvantageSpec:
     """The registered entry for ``name`` (or for an import path 'module:function', with default facts)."""
-    if ":" in name:
+    if isinstance(name, str) and ":" in name:
         return AdvantageSpec(name=name, fn=import_callable(name))
     return _REGISTRY.entry(name)
 
@@ -115,11 +115,13 @@ def _check_rewards(rewards: Tensor, who: str, arg: str = "rewards") -> Tensor:
     return rewards.detach().to(_F64)
 
 
-def _check_k(k: int, n: int, who: str, *, min_n: int, min_k: int = 1, why: str = "") -> int:
+def _check_k(k: int, n: int, who: str, *, extra: int = 0, min_k: int = 1, why: str = "") -> int:
+    """Validate the order k against the group size n: an int >= min_k with n >= k + extra."""
     if isinstance(k, bool) or not isinstance(k, int):
         raise ValueError(f"{who}: k must be an int, got {k!r}")
     if k < min_k:
         raise ValueError(f"{who}: k must be >= {min_k}, got k={k}")
+    min_n = k + extra
     if n < min_n:
         raise ValueError(f"{who}: needs G >= {min_n} samples per prompt for k={k}, got G={n}{why}")
     return k
@@ -198,7 +200,7 @@ def include_one(rewards: Tensor, *, k: int) -> Tensor:
     Example: include_one(torch.tensor([[0., 1., 3.]]), k=2) -> [[2.0, 2.0, 3.0]].
     """
     r = _check_rewards(rewards, "include_one")
-    _check_k(k, r.shape[1], "include_one", min_n=k)
+    _check_k(k, r.shape[1], "include_one", extra=0)
     return _include_one(r, k).to(rewards.dtype)
 
 
@@ -210,7 +212,7 @@ def leave_one_out(rewards: Tensor, *, k: int) -> Tensor:
     Example: leave_one_out(torch.tensor([[0., 1., 3.]]), k=2) -> [[3.0, 3.0, 1.0]].
     """
     r = _check_rewards(rewards, "leave_one_out")
-    _check_k(k, r.shape[1], "leave_one_out", min_n=k + 1)
+    _check_k(k, r.shape[1], "leave_one_out", extra=1)
     return _leave_one_out(r, k).to(rewards.dtype)
 
 
@@ -223,7 +225,7 @@ def max_at_k(rewards: Tensor, *, k: int) -> Tensor:
     """
     r = _check_rewards(rewards, "max_at_k")
     n = r.shape[1]
-    _check_k(k, n, "max_at_k", min_n=k)
+    _check_k(k, n, "max_at_k", extra=0)
     g, _ = _sort(r)
     return (_ratios(0, n - 1, k - 1, n, k) * g).sum(-1).to(rewards.dtype)     # C(m-1,k-1)/C(n,k), m=1..n
 
@@ -240,7 +242,7 @@ def grpo(rewards: Tensor, *, scale_by_std: bool = True, eps: float = 1e-6) -> Te
     A_i = r_i − mean(r).
     Paper: DeepSeekMath, Shao et al. 2024, arXiv 2402.03300, §4.1 (outcome supervision, Eq. 3).
     Deviations: a constant group (and G = 1, where the std is undefined) gives exactly 0, never
-    NaN or 0/ε round-off; ε = 1e-6 as in verl.
+    NaN or 0/ε round-off (verl uses mean 0, std 1 for a singleton, i.e. A = r); ε = 1e-6 as in verl.
     Example: grpo(torch.tensor([[1., 0., 0., 1.]])) -> [[0.866, −0.866, −0.866, 0.866]] (std = 0.577).
     """
     return _centred(_check_rewards(rewards, "grpo"), scale_by_std=scale_by_std, eps=eps).to(rewards.dtype)
@@ -285,9 +287,9 @@ def reinforce_pp_baseline(rewards: Tensor, *, lengths: Tensor | None = None, eps
     count when ``lengths`` [P, G] is given (this reproduces verl/OpenRLHF, which whiten over valid
     tokens with the advantage broadcast to every token of its response).
     Paper: Hu 2025, REINFORCE++, arXiv 2501.03262 (the "-baseline" variant for group sampling).
-    Deviations: a batch with total weight <= 1 gives zeros instead of a division by zero. Groups
-    with constant rewards are *not* zero after whitening (they receive −μ/σ), as in the reference
-    implementations.
+    Deviations: a batch with total weight <= 1 gives zeros instead of a division by zero. With
+    ``lengths``, groups with constant rewards are *not* zero after whitening (they receive −μ/σ), as
+    in the reference implementations; without ``lengths`` μ is 0 exactly and they stay 0.
     Example: reinforce_pp_baseline(torch.tensor([[1., 0.], [1., 1.]])) -> [[1.225, −1.225], [0., 0.]].
     """
     r = _check_rewards(rewards, "reinforce_pp_baseline")
@@ -306,7 +308,8 @@ def reinforce_pp_baseline(rewards: Tensor, *, lengths: Tensor | None = None, eps
     total = w.sum()
     if total <= 1:
         return torch.zeros_like(rewards)
-    mu = (w * a).sum() / total
+    # Unweighted, every row of a sums to 0, so μ = 0 exactly (no rounding noise on constant groups).
+    mu = (w * a).sum() / total if lengths is not None else torch.zeros((), dtype=_F64)
     var = (w * (a - mu) ** 2).sum() / (total - 1)
     return ((a - mu) / torch.sqrt(var + eps)).to(rewards.dtype)
 
@@ -379,14 +382,14 @@ def pkpo(rewards: Tensor, *, k: int, baseline: str = "loo_minus_one") -> Tensor:
     if baseline not in _PKPO_BASELINES:
         raise ValueError(f"pkpo: baseline must be one of {', '.join(_PKPO_BASELINES)}; got {baseline!r}")
     if baseline == "none":
-        _check_k(k, n, "pkpo", min_n=k)
+        _check_k(k, n, "pkpo", extra=0)
         out = k / n * _include_one(r, k)
     elif baseline == "loo":
-        _check_k(k, n, "pkpo(baseline='loo')", min_n=k + 1,
+        _check_k(k, n, "pkpo(baseline='loo')", extra=1,
                  why=" (the leave-one-out baseline averages size-k subsets without sample i)")
         out = k / n * _include_one(r, k) - k / (n - 1) * _leave_one_out(r, k)
     else:
-        _check_k(k, n, "pkpo(baseline='loo_minus_one')", min_n=k, min_k=2)
+        _check_k(k, n, "pkpo(baseline='loo_minus_one')", extra=0, min_k=2)
         out = k / n * (_include_one(r, k) - _leave_one_out(r, k - 1))
         out = torch.where(_constant_rows(r), torch.zeros_like(out), out)
     return out.to(rewards.dtype)
@@ -410,7 +413,7 @@ def maxpo(rewards: Tensor, *, k: int) -> Tensor:
     """
     r = _check_rewards(rewards, "maxpo")
     n = r.shape[1]
-    _check_k(k, n, "maxpo", min_n=k + 1,
+    _check_k(k, n, "maxpo", extra=1,
              why=(": with G = k no size-k subset leaves sample i out, so the leave-one-out value and the"
                   " Leave-Two-Out baseline are undefined; use a smaller k or pkpo(baseline='loo_minus_one')"))
     out = _include_one(r, k) - _leave_one_out(r, k)
@@ -428,13 +431,14 @@ def passk_training(rewards: Tensor, *, k: int, eps: float = 1e-6) -> Tensor:
     For n > k this is (n−k)/n · (q_i − v_i)/(σ + ε): MaxPO's direction with a data-dependent scale.
     Paper: Chen et al. 2025, "Pass@k Training for Adaptively Balancing Exploration and
     Exploitation", arXiv 2508.10751 (analytical derivation); ε = 1e-6 as in the authors' code.
-    Deviations: groups with σ = 0 (all correct, or pass@k estimate 0) give exactly 0; rewards
-    other than 0/1 raise ValueError (the closed form is for binary rewards only).
+    Deviations: groups with σ = 0 give exactly 0: no correct sample (R̄ = 0), or fewer than k wrong
+    ones (c > G − k, every k-subset passes, R̄ = 1; with G = k that is every group with a correct
+    sample). Rewards other than 0/1 raise ValueError (the closed form is for binary rewards only).
     Example: passk_training(torch.tensor([[1., 0., 0., 0.]]), k=2) -> [[1.0, −0.333, −0.333, −0.333]] (R̄ = σ = 0.5).
     """
     r = _check_rewards(rewards, "passk_training")
     n = r.shape[1]
-    _check_k(k, n, "passk_training", min_n=k)
+    _check_k(k, n, "passk_training", extra=0)
     if eps < 0:
         raise ValueError(f"passk_training: eps must be >= 0, got {eps}")
     nonbinary = (r != 0) & (r != 1)

@@ -1,10 +1,14 @@
 """Per-token estimators of KL(π_θ ‖ π_ref) from sampled tokens, and their registry.
 
 With x = log π_θ(o_t) − log π_ref(o_t) for a token o_t sampled from π_θ:
-    k1 = x                       unbiased, can be negative, high variance
-    k2 = x² / 2                  biased, low variance; its gradient is the true KL's to first order
-    k3 = exp(−x) + x − 1 >= 0    unbiased, low variance (GRPO's KL term, arXiv 2402.03300 Eq. 4)
+    k1 = x                       unbiased value, can be negative, high variance
+    k2 = x² / 2                  biased value, low variance
+    k3 = exp(−x) + x − 1 >= 0    unbiased value, low variance (GRPO's KL term, arXiv 2402.03300 Eq. 4)
 Reference: J. Schulman, "Approximating KL divergence" (2020 note), names k1/k2/k3.
+
+Used as a loss term on tokens sampled from π_θ (no score-function term), their expected gradients
+differ from their values: E[∇k1] = 0, E[∇k2] = ∇KL(π_θ ‖ π_ref), E[∇k3] = ∇KL(π_ref ‖ π_θ).
+(tests/test_kl.py checks these by exact enumeration.)
 
 Each function maps [B, T] log-probs to a [B, T] estimate. Deviations, as in verl: x is clamped to
 [−clamp, clamp] (default 20) and k3 to at most ``max_value`` (default 10), so a token the
@@ -40,7 +44,7 @@ def register(name: str) -> Callable[[KLFn], KLFn]:
 
 def get(name: str) -> KLFn:
     """The estimator registered as ``name`` (k1, k2, k3) or an import path 'module:function'."""
-    return import_callable(name) if ":" in name else _REGISTRY.entry(name)
+    return import_callable(name) if isinstance(name, str) and ":" in name else _REGISTRY.entry(name)
 
 
 def names() -> list[str]:
@@ -92,7 +96,7 @@ def k3(logprobs: Tensor, ref_logprobs: Tensor, *, loss_mask: Tensor | None = Non
     Example: k3(torch.tensor([[-1.]]), torch.tensor([[-2.]])) -> [[e^{-1} + 1 − 1]] = [[0.3679]].
     """
     x = _log_ratio(logprobs, ref_logprobs, loss_mask, clamp)
-    value = torch.exp(-x) + x - 1
+    value = (torch.expm1(-x) + x).clamp_min(0.0)   # expm1: exp(−x) − 1 without cancellation near x = 0
     if max_value is not None:
         value = value.clamp(max=max_value)
     return _masked(value, loss_mask)

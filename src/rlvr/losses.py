@@ -160,7 +160,7 @@ def register(name: str, **facts) -> Callable[[LossFn], LossFn]:
 
 def spec(name: str) -> LossSpec:
     """The registered entry for ``name`` (or for an import path 'module:function', with default facts)."""
-    if ":" in name:
+    if isinstance(name, str) and ":" in name:
         return LossSpec(name=name, fn=import_callable(name))
     return _REGISTRY.entry(name)
 
@@ -289,7 +289,8 @@ def decoupled_ppo(x: PolicyLossInputs, *, clip_eps_low: float = 0.2, clip_eps_hi
     Paper: Fu et al. 2025, AReaL, arXiv 2505.24298 (decoupled objective, after Hilton et al. 2022,
     arXiv 2110.00641).
     Deviations: with ``behavior_weight_cap``, tokens whose w exceeds the cap are dropped (loss 0),
-    as AReaL's ``behav_imp_weight_cap``. Equals ppo_clip exactly when π_b = π_prox.
+    as AReaL's ``behav_imp_weight_cap``; they still count in the aggregation's normaliser (the
+    caller's loss_mask is unchanged). Equals ppo_clip exactly when π_b = π_prox.
     Example: A = 1, u = 1, π_prox/π_b = 2 -> L = −2, ∂L/∂log π = −2.
     """
     _check_clip(clip_eps_low, clip_eps_high, dual_clip)
@@ -340,8 +341,8 @@ def spo(x: PolicyLossInputs, *, neg_scale: float = 0.5) -> tuple[Tensor, Stats]:
     Equation: L = (1/B) Σ_b C_b A_b ℓ̄_b(θ),  C_b = 1 if A_b >= 0 else λ (``neg_scale``).
     Paper: Scaled Policy Optimization, the fixed negative-scaling baseline of ASymPO's paper
     (arXiv 2606.03070).
-    Deviations: the paper's λ was not available to us; λ = 0.5 is our default (any λ in (0, 1]
-    damps negatives; λ = 1 is the naive loss). For [B, T] advantages C follows each token's sign.
+    Deviations: the paper's λ was not available to us; λ = 0.5 is our default. λ must be in [0, 1]:
+    λ = 1 is the naive loss, λ = 0 drops negatives. For [B, T] advantages C follows each token's sign.
     Example: A = (1, −1), ℓ̄ = (0.5, 2.0), λ = 0.5 -> L = (0.5 − 0.5·2.0)/2 = −0.25.
     """
     if not 0 <= neg_scale <= 1:
@@ -366,7 +367,7 @@ def asympo(x: PolicyLossInputs, *, eps: float = 1e-6) -> tuple[Tensor, Stats]:
     if eps <= 0:
         raise ValueError(f"asympo: eps must be > 0, got {eps}")
     nll = _mean_token_nll(_valid(x.logprobs, x.loss_mask).detach(), x.loss_mask)
-    coef = 1.0 / nll.clamp_min(eps)
+    coef = torch.where(x.loss_mask.any(-1), 1.0 / nll.clamp_min(eps), torch.zeros_like(nll))  # 0 for empty rows
     loss, stats = _current_policy_family(x, coef[:, None])
     stats["coef"] = coef
     return loss, stats
@@ -428,7 +429,8 @@ def aggregate(per_token_loss: Tensor, loss_mask: Tensor, mode: str, normalizer: 
       seq_mean_token_sum_norm: Σ_{b,t} M·L / N,               N = #responses · L_max (Dr. GRPO, arXiv 2503.20783)
     ``normalizer=None`` computes N from this mask (right when the mask is the whole step);
     otherwise pass ``loss_normalizer(all masks of the step, mode)``. Responses with no valid token
-    contribute 0 and are not counted. Masked positions contribute no value and no gradient.
+    contribute 0 and are not counted, except by seq_mean_token_sum_norm, whose constant counts every
+    response. Masked positions contribute no value and no gradient.
     Example: L = [[1, 3], [5, ·]], M = [[T, T], [T, F]]: token_mean = 9/3 = 3,
     seq_mean_token_mean = (2 + 5)/2 = 3.5, seq_mean_token_sum = (4 + 5)/2 = 4.5,
     seq_mean_token_sum_norm = 9/(2·2) = 2.25.
@@ -440,7 +442,7 @@ def aggregate(per_token_loss: Tensor, loss_mask: Tensor, mode: str, normalizer: 
                          f"got {_describe(per_token_loss)}")
     if normalizer is None:
         normalizer = loss_normalizer(loss_mask, mode)
-        if normalizer == 0:
+        if not loss_mask.any():
             raise ValueError("aggregate: loss_mask selects no token, so the mean is undefined "
                              "(pass the step's normalizer when aggregating a micro-batch)")
     elif not normalizer > 0:
