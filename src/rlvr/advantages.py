@@ -143,49 +143,56 @@ def _centred(r: Tensor, *, scale_by_std: bool, eps: float) -> Tensor:
 
 
 @functools.lru_cache(maxsize=512)
-def _ratio_table(a_lo: int, a_hi: int, b: int, c: int, d: int) -> tuple[float, ...]:
-    """(C(a, b) / C(c, d) for a in a_lo..a_hi), each correctly rounded to float64.
+def _ratios(a_lo: int, a_hi: int, b: int, c: int, d: int) -> Tensor:
+    """float64 tensor of C(a, b) / C(c, d) for a = a_lo..a_hi (C = 0 outside 0 <= b <= a).
 
-    Exact integer binomials (C = 0 outside 0 <= b <= a) then one rounding, cached per argument
-    set: far more accurate than lgamma differences (which lose ~1e-13 relative at G = 256) and
-    free after the first call for a given (G, k).
+    Exact integer binomials, each ratio rounded once to float64, cached per argument set: far more
+    accurate than lgamma differences (which lose ~1e-13 relative at G = 256) and free after the
+    first call for a given (G, k). The cached tensors are never written to.
     """
     den = math.comb(c, d)
     if den == 0:
         raise ValueError(f"C({c}, {d}) = 0 cannot be a denominator")
-    return tuple(float(Fraction(math.comb(a, b), den)) if 0 <= b <= a else 0.0 for a in range(a_lo, a_hi + 1))
-
-
-def _ratios(a_lo: int, a_hi: int, b: int, c: int, d: int) -> Tensor:
-    """float64 tensor of C(a, b)/C(c, d) for a = a_lo..a_hi."""
-    return torch.tensor(_ratio_table(a_lo, a_hi, b, c, d), dtype=_F64)
+    vals = [float(Fraction(math.comb(a, b), den)) if 0 <= b <= a else 0.0 for a in range(a_lo, a_hi + 1)]
+    return torch.tensor(vals, dtype=_F64)
 
 
 def _sort(r: Tensor) -> tuple[Tensor, Tensor]:
-    """Ascending stable sort of each row, and the inverse permutation (sorted -> original)."""
-    g, perm = torch.sort(r, dim=-1, stable=True)
-    return g, torch.argsort(perm, dim=-1)
+    """Ascending stable sort of each row: sorted values and the permutation (sorted position -> sample)."""
+    return torch.sort(r, dim=-1, stable=True)
 
 
-def _include_one(r: Tensor, k: int) -> Tensor:
-    """q [P, n] (float64) from float64 rewards; requires 1 <= k <= n."""
-    n = r.shape[-1]
-    g, inv = _sort(r)
+def _unsort(x_sorted: Tensor, perm: Tensor) -> Tensor:
+    """Put per-rank values back in sample order (the inverse of ``_sort``)."""
+    return torch.empty_like(x_sorted).scatter_(-1, perm, x_sorted)
+
+
+def _suffix_after(x: Tensor) -> Tensor:
+    """Σ_{l>m} x_l for each position m of each row (exclusive suffix sum).   [P, n] -> [P, n]"""
+    return torch.cat([x[:, 1:].flip(-1).cumsum(-1).flip(-1), torch.zeros_like(x[:, :1])], -1)
+
+
+def _q_sorted(g: Tensor, k: int) -> Tensor:
+    """q per rank from ascending rows g [P, n] (float64); requires 1 <= k <= n."""
+    n = g.shape[-1]
     diag = _ratios(0, n - 1, k - 1, n - 1, k - 1) * g                         # C(m-1,k-1) g_(m), m=1..n
     off = _ratios(-1, n - 2, k - 2, n - 1, k - 1) * g                         # C(l-2,k-2) g_(l), l=1..n
-    after = torch.cat([off[:, 1:].flip(-1).cumsum(-1).flip(-1), torch.zeros_like(off[:, :1])], -1)  # Σ_{l>m}
-    return torch.gather(diag + after, -1, inv)
+    return diag + _suffix_after(off)                                          # + Σ_{l>m}
 
 
-def _leave_one_out(r: Tensor, k: int) -> Tensor:
-    """v [P, n] (float64) from float64 rewards; requires 1 <= k <= n - 1."""
-    n = r.shape[-1]
-    g, inv = _sort(r)
+def _v_sorted(g: Tensor, k: int) -> Tensor:
+    """v per rank from ascending rows g [P, n] (float64); requires 1 <= k <= n - 1."""
+    n = g.shape[-1]
     w = _ratios(0, n - 2, k - 1, n - 1, k)                                   # C(p-1,k-1)/C(n-1,k), p=1..n-1
     zero = torch.zeros_like(g[:, :1])
     before = torch.cat([zero, (g[:, :-1] * w).cumsum(-1)], -1)                # Σ_{p<m} w_p g_(p)
     after = torch.cat([(g[:, 1:] * w).flip(-1).cumsum(-1).flip(-1), zero], -1)  # Σ_{p>=m} w_p g_(p+1)
-    return torch.gather(before + after, -1, inv)
+    return before + after
+
+
+def _sorted_constant(g: Tensor) -> Tensor:
+    """[P, 1] bool: constant rows, read off ascending rows."""
+    return g[:, :1] == g[:, -1:]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,7 +208,8 @@ def include_one(rewards: Tensor, *, k: int) -> Tensor:
     """
     r = _check_rewards(rewards, "include_one")
     _check_k(k, r.shape[1], "include_one", extra=0)
-    return _include_one(r, k).to(rewards.dtype)
+    g, perm = _sort(r)
+    return _unsort(_q_sorted(g, k), perm).to(rewards.dtype)
 
 
 def leave_one_out(rewards: Tensor, *, k: int) -> Tensor:
@@ -213,7 +221,8 @@ def leave_one_out(rewards: Tensor, *, k: int) -> Tensor:
     """
     r = _check_rewards(rewards, "leave_one_out")
     _check_k(k, r.shape[1], "leave_one_out", extra=1)
-    return _leave_one_out(r, k).to(rewards.dtype)
+    g, perm = _sort(r)
+    return _unsort(_v_sorted(g, k), perm).to(rewards.dtype)
 
 
 def max_at_k(rewards: Tensor, *, k: int) -> Tensor:
@@ -383,16 +392,20 @@ def pkpo(rewards: Tensor, *, k: int, baseline: str = "loo_minus_one") -> Tensor:
         raise ValueError(f"pkpo: baseline must be one of {', '.join(_PKPO_BASELINES)}; got {baseline!r}")
     if baseline == "none":
         _check_k(k, n, "pkpo", extra=0)
-        out = k / n * _include_one(r, k)
     elif baseline == "loo":
         _check_k(k, n, "pkpo(baseline='loo')", extra=1,
                  why=" (the leave-one-out baseline averages size-k subsets without sample i)")
-        out = k / n * _include_one(r, k) - k / (n - 1) * _leave_one_out(r, k)
     else:
         _check_k(k, n, "pkpo(baseline='loo_minus_one')", extra=0, min_k=2)
-        out = k / n * (_include_one(r, k) - _leave_one_out(r, k - 1))
-        out = torch.where(_constant_rows(r), torch.zeros_like(out), out)
-    return out.to(rewards.dtype)
+    g, perm = _sort(r)
+    if baseline == "none":
+        out = k / n * _q_sorted(g, k)
+    elif baseline == "loo":
+        out = k / n * _q_sorted(g, k) - k / (n - 1) * _v_sorted(g, k)
+    else:
+        out = k / n * (_q_sorted(g, k) - _v_sorted(g, k - 1))
+        out = torch.where(_sorted_constant(g), torch.zeros_like(out), out)
+    return _unsort(out, perm).to(rewards.dtype)
 
 
 @register("maxpo", takes_k=True, centred=True, grad_scale="k/G: unbiased for max@k")
@@ -416,8 +429,10 @@ def maxpo(rewards: Tensor, *, k: int) -> Tensor:
     _check_k(k, n, "maxpo", extra=1,
              why=(": with G = k no size-k subset leaves sample i out, so the leave-one-out value and the"
                   " Leave-Two-Out baseline are undefined; use a smaller k or pkpo(baseline='loo_minus_one')"))
-    out = _include_one(r, k) - _leave_one_out(r, k)
-    return torch.where(_constant_rows(r), torch.zeros_like(out), out).to(rewards.dtype)
+    g, perm = _sort(r)                                                        # one stable sort per call
+    out = _q_sorted(g, k) - _v_sorted(g, k)
+    out = torch.where(_sorted_constant(g), torch.zeros_like(out), out)
+    return _unsort(out, perm).to(rewards.dtype)
 
 
 @register("passk_training", takes_k=True, centred=True, grad_scale="1/G (biased: the 1/σ is data dependent)")

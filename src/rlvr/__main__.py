@@ -1,0 +1,7 @@
+"""`python -m rlvr ...` is `rlvr ...`."""
+
+import sys
+
+from rlvr.cli import main
+
+sys.exit(main())
