@@ -16,9 +16,9 @@ DEMO_ESTIMATORS = [
     ("rloo", "rloo", {}),
     ("gpg", "gpg", {}),
     ("aapo", "aapo", {}),
-    ("pkpo[loo-1] k=4", "pkpo", {"k": 4, "baseline": "loo_minus_one"}),
+    ("pkpo k=4", "pkpo", {"k": 4, "baseline": "loo_minus_one"}),
     ("maxpo k=4", "maxpo", {"k": 4}),
-    ("passk_training k=4", "passk_training", {"k": 4}),
+    ("passk k=4", "passk_training", {"k": 4}),
 ]
 
 
@@ -33,23 +33,26 @@ def _cmd_list(args: argparse.Namespace) -> int:
         line = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         return line.split("   ")[0].rstrip(".")
 
+    def yes(flag: bool) -> str:
+        return "yes" if flag else ""
+
+    def table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
+        t = Table(title=title)
+        for col in columns:
+            t.add_column(col)
+        for row in rows:
+            t.add_row(*row)
+        return t
+
     console = Console()
-    table = Table(title="advantage estimators (rlvr.advantages)")
-    for col in ("name", "ref samples", "k", "centred", "summary"):
-        table.add_column(col)
-    for name in advantages.names():
-        s = advantages.spec(name)
-        table.add_row(name, "yes" if s.needs_reference_samples else "", "yes" if s.takes_k else "",
-                      "yes" if s.centred else "", first_line(s.fn))
-    console.print(table)
-    table = Table(title="policy losses (rlvr.losses)")
-    for col in ("name", "old lp", "behav lp", "aggregation", "summary"):
-        table.add_column(col)
-    for name in losses.names():
-        s = losses.spec(name)
-        table.add_row(name, "yes" if s.needs_old_logprobs else "", "yes" if s.needs_behavior_logprobs else "",
-                      s.default_aggregation, first_line(s.fn))
-    console.print(table)
+    specs = [advantages.spec(n) for n in advantages.names()]
+    console.print(table("advantage estimators (rlvr.advantages)", ("name", "ref samples", "k", "centred", "summary"),
+                        [(s.name, yes(s.needs_reference_samples), yes(s.takes_k), yes(s.centred), first_line(s.fn))
+                         for s in specs]))
+    specs = [losses.spec(n) for n in losses.names()]
+    console.print(table("policy losses (rlvr.losses)", ("name", "old lp", "behav lp", "aggregation", "summary"),
+                        [(s.name, yes(s.needs_old_logprobs), yes(s.needs_behavior_logprobs), s.default_aggregation,
+                          first_line(s.fn)) for s in specs]))
     console.print("ref samples: needs rewards of reference-model samples; k: takes the max@k order; centred: rows sum"
                   " to 0. old lp / behav lp: needs π_old / behaviour log-probs.")
     console.print(f"aggregation modes: {', '.join(losses.AGGREGATIONS)}")
@@ -59,6 +62,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
+    from rich import box
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -72,9 +76,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                   f"initial p(right) in [0.02, 0.3]) with the reinforce loss, G={args.group_size}, "
                   f"{args.prompts} prompts/step, {args.steps} steps, {args.seeds} seeds. "
                   "pass@1 and pass@4 are exact (closed form), not sampled.")
-    table = Table(title="exact pass@k of the trained policy (mean ± sd over seeds)")
+    table = Table(title="exact pass@k of the trained policy (mean±sd over seeds)", box=box.SIMPLE_HEAD)
+    table.caption = "pkpo: baseline loo_minus_one; passk: passk_training"
     for col in ("estimator", "pass@1 start", "pass@1 end", "pass@4 start", "pass@4 end", "s/run"):
-        table.add_column(col, justify="right" if col != "estimator" else "left")
+        table.add_column(col, justify="right" if col != "estimator" else "left", no_wrap=True)
     for label, name, kwargs in DEMO_ESTIMATORS:
         p1s, p1e, p4s, p4e, secs = [], [], [], [], []
         for seed in range(args.seeds):
@@ -89,7 +94,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
         def fmt(xs: list[float]) -> str:
             sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-            return f"{statistics.mean(xs):.3f} ± {sd:.3f}"
+            return f"{statistics.mean(xs):.3f}±{sd:.3f}"
 
         table.add_row(escape(label), fmt(p1s), fmt(p1e), fmt(p4s), fmt(p4e), f"{statistics.mean(secs):.2f}")
     console.print(table)
