@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from rlvr.registry import Registry, import_callable
+from rlvr.registry import Registry
 
 Tensor = torch.Tensor
 KLFn = Callable[..., Tensor]
@@ -30,21 +30,8 @@ KLFn = Callable[..., Tensor]
 __all__ = ["k1", "k2", "k3", "get", "names", "register"]
 
 _REGISTRY: Registry[KLFn] = Registry("KL estimator")
-
-
-def register(name: str) -> Callable[[KLFn], KLFn]:
-    """Decorator: register a KL estimator under ``name``."""
-
-    def deco(fn: KLFn) -> KLFn:
-        _REGISTRY.add(name, fn)
-        return fn
-
-    return deco
-
-
-def get(name: str) -> KLFn:
-    """The estimator registered as ``name`` (k1, k2, k3) or an import path 'module:function'."""
-    return import_callable(name) if isinstance(name, str) and ":" in name else _REGISTRY.entry(name)
+register = _REGISTRY.register  # decorator: register(name)
+get = _REGISTRY.entry          # get(name) -> the estimator (k1, k2, k3) or an import path 'module:function'
 
 
 def names() -> list[str]:
@@ -62,11 +49,7 @@ def _log_ratio(logprobs: Tensor, ref_logprobs: Tensor, loss_mask: Tensor | None,
         x = torch.where(loss_mask, x, torch.zeros((), dtype=x.dtype))
     if clamp is not None:
         x = x.clamp(-clamp, clamp)
-    return x
-
-
-def _masked(value: Tensor, loss_mask: Tensor | None) -> Tensor:
-    return value if loss_mask is None else torch.where(loss_mask, value, torch.zeros((), dtype=value.dtype))
+    return x  # exactly 0 at masked positions, where k1 = k2 = k3 = 0 too
 
 
 @register("k1")
@@ -75,7 +58,7 @@ def k1(logprobs: Tensor, ref_logprobs: Tensor, *, loss_mask: Tensor | None = Non
 
     Example: k1(torch.tensor([[-1.]]), torch.tensor([[-2.]])) -> [[1.]].
     """
-    return _masked(_log_ratio(logprobs, ref_logprobs, loss_mask, clamp), loss_mask)
+    return _log_ratio(logprobs, ref_logprobs, loss_mask, clamp)
 
 
 @register("k2")
@@ -84,7 +67,7 @@ def k2(logprobs: Tensor, ref_logprobs: Tensor, *, loss_mask: Tensor | None = Non
 
     Example: k2(torch.tensor([[-1.]]), torch.tensor([[-2.]])) -> [[0.5]].
     """
-    return _masked(0.5 * _log_ratio(logprobs, ref_logprobs, loss_mask, clamp) ** 2, loss_mask)
+    return 0.5 * _log_ratio(logprobs, ref_logprobs, loss_mask, clamp) ** 2
 
 
 @register("k3")
@@ -99,4 +82,4 @@ def k3(logprobs: Tensor, ref_logprobs: Tensor, *, loss_mask: Tensor | None = Non
     value = (torch.expm1(-x) + x).clamp_min(0.0)   # expm1: exp(−x) − 1 without cancellation near x = 0
     if max_value is not None:
         value = value.clamp(max=max_value)
-    return _masked(value, loss_mask)
+    return value

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from rlvr.registry import Registry, import_callable
+from rlvr.registry import Registry
 
 Tensor = torch.Tensor
 Stats = dict[str, Tensor]
@@ -145,24 +145,9 @@ class LossSpec:
     default_aggregation: str = "token_mean"
 
 
-_REGISTRY: Registry[LossSpec] = Registry("policy loss")
-
-
-def register(name: str, **facts) -> Callable[[LossFn], LossFn]:
-    """Decorator: register a loss under ``name`` with the given LossSpec facts."""
-
-    def deco(fn: LossFn) -> LossFn:
-        _REGISTRY.add(name, LossSpec(name=name, fn=fn, **facts))
-        return fn
-
-    return deco
-
-
-def spec(name: str) -> LossSpec:
-    """The registered entry for ``name`` (or for an import path 'module:function', with default facts)."""
-    if isinstance(name, str) and ":" in name:
-        return LossSpec(name=name, fn=import_callable(name))
-    return _REGISTRY.entry(name)
+_REGISTRY: Registry[LossSpec] = Registry("policy loss", LossSpec)
+register = _REGISTRY.register  # decorator: register(name, **LossSpec facts)
+spec = _REGISTRY.entry         # spec(name) -> LossSpec; 'module:function' gets default facts
 
 
 def get(name: str) -> LossFn:
@@ -251,9 +236,8 @@ def reinforce(x: PolicyLossInputs) -> tuple[Tensor, Stats]:
     Deviations: none. No ratio, no clip: it is exactly on-policy (use one update per batch).
     Example: A = 0.5, log π = −2 -> L = 1.0, ∂L/∂log π = −0.5.
     """
-    mask = x.loss_mask
-    loss = -x.token_advantages() * _valid(x.logprobs, mask)
-    return loss, {"nll": _mean_token_nll(_valid(x.logprobs, mask).detach(), mask)}
+    lp = _valid(x.logprobs, x.loss_mask)
+    return -x.token_advantages() * lp, {"nll": _mean_token_nll(lp.detach(), x.loss_mask)}
 
 
 @register("cispo", needs_old_logprobs=True, default_aggregation="token_mean")
