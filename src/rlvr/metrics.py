@@ -1,0 +1,102 @@
+"""Metrics: masked reductions for per-token statistics, and the one sink that writes a run's logs.
+
+Functions elsewhere *return* metric dicts with namespaced keys (``reward/``, ``adv/``, ``loss/``,
+``policy/``, ``response/``, ``perf/``, ``eval/``); ``RunLog`` writes them: ``metrics.jsonl`` (one JSON
+object per step), TensorBoard events (``tb/``) and sampled completions (``completions.jsonl``).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean of ``x`` over positions where ``mask`` is True (a [B] stat uses rows with any valid token)."""
+    m = mask if x.shape == mask.shape else mask.any(-1)
+    n = int(m.sum())
+    if n == 0:
+        return float("nan")
+    return float(torch.where(m, x.detach().double(), 0.0).sum() / n)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/inf; keep the fact visible
+    return v
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` file (or of ``RUN_DIR/metrics.jsonl`` when given a directory)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "metrics.jsonl"
+    if not p.is_file():
+        raise FileNotFoundError(f"no metrics file at {p}")
+    rows = []
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p}:{i}: not a JSON object ({e})") from e
+    return rows
+
+
+class RunLog:
+    """Writes metrics.jsonl, completions.jsonl and (optionally) TensorBoard events under ``run_dir``."""
+
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, resume_step: int | None = None) -> None:
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:  # a resumed run continues from its checkpoint: drop anything logged after it
+            for name in ("metrics.jsonl", "completions.jsonl"):
+                self._truncate(self.dir / name, resume_step)
+        self._metrics = open(self.dir / "metrics.jsonl", "a")
+        self._completions = open(self.dir / "completions.jsonl", "a")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
+
+    @staticmethod
+    def _truncate(path: Path, step: int) -> None:
+        if not path.exists():
+            return
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        tmp.replace(path)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+        if self._tb is not None:
+            for k, v in metrics.items():
+                v = _jsonable(v)
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, step)
+
+    def completions(self, step: int, rows: Iterable[dict[str, Any]]) -> None:
+        for r in rows:
+            self._completions.write(json.dumps({"step": step, **r}) + "\n")
+        self._completions.flush()
+
+    def close(self) -> None:
+        self._metrics.close()
+        self._completions.close()
+        if self._tb is not None:
+            self._tb.close()
+
+    def __enter__(self) -> "RunLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

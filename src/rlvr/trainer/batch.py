@@ -1,0 +1,226 @@
+"""From prompts to a training batch: sample G completions per prompt, score them, compute advantages.
+
+Everything an algorithm needs beyond rewards comes from its registry entry: an estimator that
+``needs_reference_samples`` (AAPO) gets the rewards of G samples of the frozen reference model for
+the same prompts; one that ``takes_k`` gets ``algo.k``. The loop never looks at an algorithm's name.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from rlvr import advantages
+from rlvr.rewards.shaping import overlong_penalty
+from rlvr.types import Problem, Rollout, SamplingParams
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed that is a pure function of ``parts`` (e.g. run seed, "rollout", step, round)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class PromptStream:
+    """Problems in a seeded order, reshuffled each epoch; ``position`` counts problems handed out."""
+
+    def __init__(self, problems: Sequence[Problem], seed: int, position: int = 0) -> None:
+        if not problems:
+            raise ValueError("PromptStream: no training problems")
+        self.problems = list(problems)
+        self.seed = seed
+        self.position = position
+
+    def _order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch))
+        return torch.randperm(len(self.problems), generator=g).tolist()
+
+    def take(self, n: int) -> list[Problem]:
+        out = []
+        for _ in range(n):
+            epoch, i = divmod(self.position, len(self.problems))
+            out.append(self.problems[self._order(epoch)[i]])
+            self.position += 1
+        return out
+
+
+@dataclass
+class Scores:
+    """Per-completion reward components, float64 [B]; ``total`` is what the advantage sees."""
+
+    total: torch.Tensor
+    accuracy: torch.Tensor
+    format: torch.Tensor
+    overlong: torch.Tensor
+    reasons: list[str]
+    extracted: list[str | None]
+
+
+@dataclass
+class RewardSettings:
+    format_weight: float = 0.0
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0
+
+
+def score(pool: Any, problems: Sequence[Problem], rollout: Rollout, n: int, settings: RewardSettings,
+          max_new_tokens: int) -> Scores:
+    """Verify each completion against its problem's gold answer and add the shaping terms."""
+    from rlvr.rewards import format_score
+
+    rows = [p for p in problems for _ in range(n)]
+    results = pool.score([p.verifier for p in rows], rollout.texts, [p.answer for p in rows])
+    acc = torch.tensor([r.score for r in results], dtype=torch.float64)
+    fmt = torch.tensor([format_score(t) for t in rollout.texts], dtype=torch.float64)
+    over = overlong_penalty(rollout.lengths.cpu(), max_tokens=max_new_tokens, buffer=settings.overlong_buffer,
+                            factor=settings.overlong_penalty)
+    total = acc + settings.format_weight * fmt + over
+    return Scores(total=total, accuracy=acc, format=fmt, overlong=over, reasons=[r.reason for r in results],
+                  extracted=[r.extracted for r in results])
+
+
+@dataclass
+class Batch:
+    """One step's training data: P prompts × G completions, prompt-major."""
+
+    problems: list[Problem]
+    rollout: Rollout
+    scores: Scores
+    advantages: torch.Tensor  # float32 [B]
+    ref_scores: Scores | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Collector:
+    """Draws prompts, samples, scores and (with dynamic sampling) refills until P informative groups."""
+
+    stream: PromptStream
+    encode: Callable[[Problem], list[int]]
+    sampler: Any
+    pool: Any
+    params: SamplingParams
+    group_size: int
+    prompts_per_step: int
+    rewards: RewardSettings
+    advantage: str
+    advantage_kwargs: dict[str, Any]
+    k: int | None
+    seed: int
+    dynamic_sampling: bool = False
+    max_refill_rounds: int = 0
+    ref_sampler: Any = None
+    ref_context: Callable[[], AbstractContextManager] = nullcontext
+
+    def _sample(self, problems: list[Problem], step: int, rnd: int) -> tuple[Rollout, Scores, Rollout | None,
+                                                                            Scores | None, float]:
+        prompt_ids = [self.encode(p) for p in problems]
+        t0 = time.perf_counter()
+        rollout = self.sampler.generate(prompt_ids, self.params, n=self.group_size,
+                                        seed=derive_seed(self.seed, "rollout", step, rnd))
+        gen_s = time.perf_counter() - t0
+        scores = score(self.pool, problems, rollout, self.group_size, self.rewards, self.params.max_new_tokens)
+        ref_rollout = ref_scores = None
+        if advantages.spec(self.advantage).needs_reference_samples:
+            if self.ref_sampler is None:
+                raise ValueError(f"advantage {self.advantage!r} needs reference samples but no reference sampler "
+                                 "was built")
+            with self.ref_context():
+                ref_rollout = self.ref_sampler.generate(prompt_ids, self.params, n=self.group_size,
+                                                        seed=derive_seed(self.seed, "reference", step, rnd))
+            ref_scores = score(self.pool, problems, ref_rollout, self.group_size, self.rewards,
+                               self.params.max_new_tokens)
+        return rollout, scores, ref_rollout, ref_scores, gen_s
+
+    def collect(self, step: int) -> Batch:
+        P, G = self.prompts_per_step, self.group_size
+        kept: list[tuple[Problem, int, Rollout, Scores, Scores | None]] = []  # (problem, row offset, ...)
+        gen_s = gen_tokens = dropped = sampled = 0
+        rounds = 1 + (self.max_refill_rounds if self.dynamic_sampling else 0)
+        for rnd in range(rounds):
+            need = P - len(kept)
+            if need <= 0:
+                break
+            problems = self.stream.take(need)
+            rollout, scores, ref_rollout, ref_scores, secs = self._sample(problems, step, rnd)
+            gen_s += secs
+            gen_tokens += int(rollout.lengths.sum()) + (int(ref_rollout.lengths.sum()) if ref_rollout else 0)
+            sampled += len(problems)
+            r = scores.total.view(len(problems), G)
+            informative = (r != r[:, :1]).any(-1)
+            for i, p in enumerate(problems):
+                if self.dynamic_sampling and not informative[i] and rnd < rounds - 1:
+                    dropped += 1
+                    continue
+                kept.append((p, i, rollout, scores, ref_scores))
+        batch = self._assemble(kept[:P])
+        batch.metrics.update({"rollout/prompts_sampled": sampled, "rollout/groups_dropped": dropped,
+                              "perf/gen_s": gen_s, "perf/gen_tokens_per_s": gen_tokens / max(gen_s, 1e-9)})
+        return batch
+
+    def _assemble(self, kept: list) -> Batch:
+        G = self.group_size
+        problems = [p for p, *_ in kept]
+        rows = [(ro, i * G + j) for _, i, ro, _, _ in kept for j in range(G)]
+        rollout = _select_rows(rows)
+        scores = _select_scores([(sc, i * G + j) for _, i, _, sc, _ in kept for j in range(G)])
+        ref_scores = None
+        if kept and kept[0][4] is not None:
+            ref_scores = _select_scores([(rs, i * G + j) for _, i, _, _, rs in kept for j in range(G)])
+        kwargs = dict(self.advantage_kwargs)
+        spec = advantages.spec(self.advantage)
+        if spec.takes_k:
+            if self.k is None:
+                raise ValueError(f"advantage {self.advantage!r} takes k: set algo.k")
+            kwargs["k"] = self.k
+        if spec.needs_reference_samples:
+            kwargs["ref_rewards"] = ref_scores.total.view(-1, G)
+        adv = spec.fn(scores.total.view(-1, G), **kwargs).reshape(-1).to(torch.float32)
+        return Batch(problems=problems, rollout=rollout, scores=scores, advantages=adv, ref_scores=ref_scores)
+
+
+def _select_rows(rows: list[tuple[Rollout, int]]) -> Rollout:
+    """A Rollout made of the given (rollout, row) pairs, padded to the longest kept completion."""
+    T = max(int(ro.lengths[i]) for ro, i in rows)
+    T = max(T, 1)
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    for b, (ro, i) in enumerate(rows):
+        w = min(T, ro.completion_ids.shape[1])
+        ids[b, :w] = ro.completion_ids[i, :w].cpu()
+    return Rollout(
+        prompt_ids=[ro.prompt_ids[i] for ro, i in rows], completion_ids=ids,
+        lengths=torch.stack([ro.lengths[i].cpu() for ro, i in rows]),
+        finish_reasons=[ro.finish_reasons[i] for ro, i in rows], texts=[ro.texts[i] for ro, i in rows],
+        policy_version=rows[0][0].policy_version,
+    )
+
+
+def _select_scores(rows: list[tuple[Scores, int]]) -> Scores:
+    idx = lambda name: torch.stack([getattr(s, name)[i] for s, i in rows])  # noqa: E731
+    return Scores(total=idx("total"), accuracy=idx("accuracy"), format=idx("format"), overlong=idx("overlong"),
+                  reasons=[s.reasons[i] for s, i in rows], extracted=[s.extracted[i] for s, i in rows])
+
+
+def batch_metrics(batch: Batch) -> dict[str, float]:
+    """reward/, adv/ and response/ metrics of a batch."""
+    s, G = batch.scores, batch.rollout.completion_ids.shape[0] // max(len(batch.problems), 1)
+    r = s.total.view(-1, G)
+    lengths = batch.rollout.lengths.double()
+    out = {
+        "reward/mean": float(s.total.mean()), "reward/std": float(s.total.std()) if s.total.numel() > 1 else 0.0,
+        "reward/accuracy": float(s.accuracy.mean()), "reward/format": float(s.format.mean()),
+        "reward/overlong": float(s.overlong.mean()),
+        "reward/frac_zero_std_groups": float((r == r[:, :1]).all(-1).double().mean()),
+        "adv/mean": float(batch.advantages.double().mean()), "adv/abs_mean": float(batch.advantages.abs().mean()),
+        "adv/frac_zero": float((batch.advantages == 0).double().mean()),
+        "response/length_mean": float(lengths.mean()), "response/length_max": float(lengths.max()),
+        "response/clip_frac": sum(f == "length" for f in batch.rollout.finish_reasons) / len(lengths),
+    }
+    if batch.ref_scores is not None:
+        out["reward/ref_mean"] = float(batch.ref_scores.total.mean())
+        out["reward/ref_accuracy"] = float(batch.ref_scores.accuracy.mean())
+    return out

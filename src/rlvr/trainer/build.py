@@ -1,0 +1,146 @@
+"""Turn a TrainConfig into the objects a run needs: device, model, reference, samplers, data, optimiser."""
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable
+
+import torch
+
+from rlvr import advantages, losses
+from rlvr.config import TrainConfig
+from rlvr.types import Problem, SamplingParams
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("model.device=cuda but no CUDA device is available (use cpu or auto)")
+    return torch.device(name)
+
+
+def check_algorithm(cfg: TrainConfig) -> None:
+    """Fail before loading anything when the algorithm section names something unknown or incomplete."""
+    spec = advantages.spec(cfg.algo.advantage)
+    losses.spec(cfg.algo.loss)
+    if cfg.algo.aggregation is not None and cfg.algo.aggregation not in losses.AGGREGATIONS:
+        raise ValueError(f"algo.aggregation {cfg.algo.aggregation!r} is not one of {', '.join(losses.AGGREGATIONS)}")
+    from rlvr import kl
+    kl.get(cfg.algo.kl_estimator)
+    if spec.takes_k and cfg.algo.k is None:
+        raise ValueError(f"algo.advantage={cfg.algo.advantage} takes k: set algo.k (e.g. algo.k=4)")
+    if spec.takes_k and cfg.algo.k is not None and cfg.algo.k > cfg.rollout.group_size:
+        raise ValueError(f"algo.k={cfg.algo.k} exceeds rollout.group_size={cfg.rollout.group_size}")
+    if not spec.takes_k and cfg.algo.k is not None:
+        raise ValueError(f"algo.k is set but advantage {cfg.algo.advantage!r} does not take k")
+
+
+def load_policy(cfg: TrainConfig, device: torch.device):
+    """The policy model (LoRA-wrapped when configured) and its tokenizer."""
+    from rlvr.models import apply_lora, load_model
+
+    m = cfg.model
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[m.dtype]
+    model, tokenizer = load_model(m.name, dtype=dtype, device=str(device), cache_dir=m.cache_dir)
+    torch.manual_seed(cfg.seed)  # LoRA's initialisation draws from the global generator
+    if m.lora:
+        model = apply_lora(model, rank=m.lora_rank, alpha=m.lora_alpha, dropout=m.lora_dropout,
+                           target_modules=m.lora_target_modules)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        if m.lora:
+            model.enable_input_require_grads()
+    return model, tokenizer
+
+
+@dataclass
+class Reference:
+    """The frozen initial model: the LoRA model with adapters off, or a frozen copy of the weights."""
+
+    model: torch.nn.Module
+    context: Callable[[], AbstractContextManager]
+
+
+def build_reference(cfg: TrainConfig, model: torch.nn.Module) -> Reference | None:
+    needs_samples = advantages.spec(cfg.algo.advantage).needs_reference_samples
+    if cfg.model.lora:
+        return Reference(model, model.disable_adapter)  # free: same weights, adapters switched off
+    if cfg.algo.kl_coef > 0 or needs_samples:
+        ref = copy.deepcopy(model).eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        return Reference(ref, nullcontext)
+    return None
+
+
+GENERATED_DEFAULT_SIZE = 2000
+
+
+def build_problems(cfg: TrainConfig) -> tuple[list[Problem], list[Problem]]:
+    from rlvr.data import build_problems as load, split_problems
+
+    d = cfg.data
+    generated = d.source == "arith" or d.source.startswith("rg:")
+    size = d.size if d.size is not None or not generated else GENERATED_DEFAULT_SIZE
+    problems = load(d.source, size=size, seed=d.seed, prompt_field=d.prompt_field, answer_field=d.answer_field,
+                    template=d.template, verifier=d.verifier, **({"task_kwargs": d.task_kwargs} if d.task_kwargs
+                                                                 else {}))
+    return split_problems(problems, eval_size=d.eval_size, seed=d.seed)
+
+
+def make_encoder(tokenizer: Any, system_prompt: str | None) -> Callable[[Problem], list[int]]:
+    from rlvr.models import encode_prompt
+
+    cache: dict[str, list[int]] = {}
+
+    def encode(p: Problem) -> list[int]:
+        if p.id not in cache:
+            cache[p.id] = encode_prompt(tokenizer, p.prompt, system_prompt)
+        return cache[p.id]
+    return encode
+
+
+def sampling_params(cfg: TrainConfig) -> SamplingParams:
+    r = cfg.rollout
+    return SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens, stop=r.stop)
+
+
+def eval_params(cfg: TrainConfig) -> SamplingParams:
+    r, e = cfg.rollout, cfg.eval
+    return SamplingParams(temperature=e.temperature, top_p=1.0 if e.temperature == 0 else r.top_p,
+                          max_new_tokens=e.max_new_tokens or r.max_new_tokens, stop=r.stop)
+
+
+def lr_lambda(step: int, *, warmup: int, total: int, schedule: str) -> float:
+    """Multiplier of the base learning rate after ``step`` optimiser steps."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module):
+    o = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    opt = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    total = cfg.steps * cfg.algo.num_iterations * cfg.algo.mini_batches
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_lambda, warmup=o.warmup_steps, total=total,
+                                                           schedule=o.schedule))
+    return opt, sched
+
+
+def autocast_factory(cfg: TrainConfig, device: torch.device) -> Callable[[], AbstractContextManager]:
+    if not cfg.model.autocast_bf16:
+        return nullcontext
+    return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)

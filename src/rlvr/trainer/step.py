@@ -1,0 +1,156 @@
+"""The shared policy update: num_iterations passes × mini-batches × micro-batches over one batch.
+
+1. Old log-probs (π_old) are computed once per batch, without grad, when the loss needs them and the
+   batch is used for more than one optimiser step; with one step they equal the current log-probs.
+2. Reference log-probs are computed once per batch when there is a KL term (β > 0) or KL logging.
+3. Each optimiser step's loss normaliser is computed once over all its micro-batches
+   (``losses.loss_normalizer``), so the micro-batch size never changes the gradient.
+4. A non-finite loss or gradient norm skips the step: gradients are dropped, weights untouched.
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from rlvr import kl as kl_estimators
+from rlvr import losses
+from rlvr.logprobs import completion_logprobs
+from rlvr.trainer.batch import Batch, derive_seed
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    loss: str
+    loss_kwargs: dict[str, Any]
+    aggregation: str | None
+    kl_coef: float
+    kl_estimator: str
+    num_iterations: int
+    mini_batches: int
+    micro_batch_size: int
+    max_grad_norm: float
+    max_new_tokens: int
+    chunk_size: int
+    seed: int
+
+
+def _micro(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
+    return [rows[i:i + size] for i in range(0, len(rows), size)]
+
+
+def _logprobs(model: torch.nn.Module, batch: Batch, rows: torch.Tensor, chunk: int, *, entropy: bool = False,
+              autocast: Callable[[], AbstractContextManager] = nullcontext):
+    ro = batch.rollout
+    lengths = ro.lengths[rows]
+    T = max(int(lengths.max()), 1)
+    device = next(model.parameters()).device
+    with autocast():
+        lp, ent = completion_logprobs(model, [ro.prompt_ids[i] for i in rows.tolist()],
+                                      ro.completion_ids[rows, :T].to(device), lengths.to(device),
+                                      chunk_size=chunk, with_entropy=entropy)
+    mask = torch.arange(T, device=device)[None, :] < lengths.to(device)[:, None]
+    return lp, ent, mask
+
+
+@torch.no_grad()
+def _frozen_logprobs(model, batch: Batch, s: UpdateSettings, context, autocast) -> list[torch.Tensor]:
+    """Log-probs of every row, micro-batch by micro-batch, without grad; a list indexed by row."""
+    out: list[torch.Tensor] = [None] * batch.rollout.lengths.shape[0]
+    rows = torch.arange(batch.rollout.lengths.shape[0])
+    with context():
+        for mb in _micro(rows, s.micro_batch_size):
+            lp, _, _ = _logprobs(model, batch, mb, s.chunk_size, autocast=autocast)
+            for j, i in enumerate(mb.tolist()):
+                out[i] = lp[j]
+    return out
+
+
+def _gather(per_row: list[torch.Tensor] | None, rows: torch.Tensor, T: int) -> torch.Tensor | None:
+    if per_row is None:
+        return None
+    x = torch.zeros(len(rows), T, dtype=per_row[0].dtype, device=per_row[0].device)
+    for j, i in enumerate(rows.tolist()):
+        w = min(T, per_row[i].shape[0])
+        x[j, :w] = per_row[i][:w]
+    return x
+
+
+def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, batch: Batch,
+                  s: UpdateSettings, *, step: int, reference: Callable[[], AbstractContextManager] | None = None,
+                  log_ref_kl: bool = False, autocast: Callable[[], AbstractContextManager] = nullcontext
+                  ) -> dict[str, float]:
+    """Train on one batch; returns loss/, policy/ and train/ metrics (means over optimiser steps)."""
+    spec = losses.spec(s.loss)
+    mode = s.aggregation or spec.default_aggregation
+    B = batch.rollout.lengths.shape[0]
+    updates = s.num_iterations * s.mini_batches
+    old = _frozen_logprobs(model, batch, s, nullcontext, autocast) if spec.needs_old_logprobs and updates > 1 \
+        else None
+    want_ref = reference is not None and (s.kl_coef > 0 or log_ref_kl)
+    ref = _frozen_logprobs(model, batch, s, reference, autocast) if want_ref else None
+    kl_fn = kl_estimators.get(s.kl_estimator)
+    params = [p for p in model.parameters() if p.requires_grad]
+    tok_sums: dict[str, float] = {}   # token-weighted statistics, over every pass
+    tok_counts: dict[str, int] = {}
+    step_losses, grad_norms, skipped = [], [], 0
+
+    def add_tokens(key: str, value: torch.Tensor, mask: torch.Tensor) -> None:
+        m = mask if value.shape == mask.shape else mask.any(-1)
+        tok_sums[key] = tok_sums.get(key, 0.0) + float(torch.where(m, value.detach().double(), 0.0).sum())
+        tok_counts[key] = tok_counts.get(key, 0) + int(m.sum())
+
+    model.train()
+    for it in range(s.num_iterations):
+        g = torch.Generator().manual_seed(derive_seed(s.seed, "minibatch", step, it))
+        order = torch.randperm(B, generator=g) if s.mini_batches > 1 else torch.arange(B)
+        for mini in torch.tensor_split(order, s.mini_batches):
+            micro = _micro(mini, s.micro_batch_size)
+            norm = losses.loss_normalizer([batch.rollout.loss_mask[mb] for mb in micro], mode,
+                                          max_tokens=s.max_new_tokens)
+            finite, total = True, 0.0
+            for mb in micro:
+                lp, ent, mask = _logprobs(model, batch, mb, s.chunk_size, entropy=True, autocast=autocast)
+                if not torch.isfinite(lp.detach()[mask]).all():
+                    finite = False
+                    break
+                T = mask.shape[1]
+                old_mb = _gather(old, mb, T) if old is not None else lp.detach()
+                ref_mb = _gather(ref, mb, T)
+                x = losses.PolicyLossInputs(logprobs=lp, advantages=batch.advantages[mb].to(lp.device),
+                                            loss_mask=mask, old_logprobs=old_mb, ref_logprobs=ref_mb)
+                per_token, stats = spec.fn(x, **s.loss_kwargs)
+                if ref_mb is not None:
+                    kl_tok = kl_fn(lp, ref_mb, loss_mask=mask)
+                    add_tokens("policy/kl", kl_tok, mask)
+                    if s.kl_coef > 0:
+                        per_token = per_token + s.kl_coef * kl_tok
+                loss = losses.aggregate(per_token, mask, mode, norm)
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                loss.backward()
+                total += float(loss.detach())
+                add_tokens("policy/entropy", ent, mask)
+                for key, v in stats.items():
+                    add_tokens(f"loss_stats/{key}", v, mask)
+            max_norm = s.max_grad_norm if s.max_grad_norm > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if finite else float("nan")
+            if finite and torch.isfinite(torch.tensor(grad_norm)):
+                optimizer.step()
+                scheduler.step()
+            else:
+                skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+            step_losses.append(total if finite else float("nan"))
+            grad_norms.append(grad_norm)
+    out = {k: tok_sums[k] / max(tok_counts[k], 1) for k in tok_sums}
+    out["loss/policy"] = sum(step_losses) / len(step_losses)
+    out["train/grad_norm"] = sum(grad_norms) / len(grad_norms)
+    out["train/skipped_steps"] = float(skipped)
+    if "loss_stats/clipped_low" in out and "loss_stats/clipped_high" in out:
+        out["policy/clip_frac"] = out["loss_stats/clipped_low"] + out["loss_stats/clipped_high"]
+    out["train/lr"] = optimizer.param_groups[0]["lr"]
+    return out

@@ -1,0 +1,80 @@
+"""Plain data passed between the stages of a run: problems, sampling parameters, rollouts.
+
+Shape glossary (used across rlvr): P prompts per step, G samples per prompt (group size),
+B = P·G sequences, T padded completion length, V vocabulary size.
+
+One mask convention: ``loss_mask`` is ``Bool[B, T]``, True where a completion token counts. It is built
+from the sampler's ``lengths``, never from token values (the pad id often equals EOS).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One prompt with a checkable answer."""
+
+    prompt: str
+    """The user message, before any chat template."""
+    answer: str
+    """The gold answer, as text."""
+    verifier: str
+    """Name in the rewards registry that checks a completion against ``answer`` ("math", "int")."""
+    id: str
+    """Stable identifier, e.g. ``"basic_arithmetic/17"`` or ``"data.jsonl:12"``."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    stop: tuple[str, ...] = ()
+    """Stop strings; the completion ends with the token that completes one (it is kept)."""
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class Rollout:
+    """B sampled completions, prompt-major: rows ``i*n .. i*n+n-1`` answer prompt ``i``.
+
+    completion_ids: Long[B, T], right-padded; values at or after ``lengths[b]`` are meaningless.
+    lengths:        Long[B], tokens that count (an EOS that ended the row is included).
+    finish_reasons: "stop" (EOS or stop string) or "length" (hit max_new_tokens), one per row.
+    texts:          decoded completions (special tokens skipped).
+    policy_version: version of the weights that sampled them.
+    """
+
+    prompt_ids: list[list[int]]
+    completion_ids: torch.Tensor
+    lengths: torch.Tensor
+    finish_reasons: list[str]
+    texts: list[str]
+    policy_version: int = 0
+
+    def __post_init__(self) -> None:
+        B = len(self.prompt_ids)
+        if self.completion_ids.dim() != 2 or self.completion_ids.shape[0] != B:
+            raise ValueError(f"completion_ids must be [B={B}, T], got {tuple(self.completion_ids.shape)}")
+        if self.lengths.shape != (B,):
+            raise ValueError(f"lengths must be [B={B}], got {tuple(self.lengths.shape)}")
+        if len(self.finish_reasons) != B or len(self.texts) != B:
+            raise ValueError(f"finish_reasons and texts need {B} entries, got {len(self.finish_reasons)}, {len(self.texts)}")
+        if B and (int(self.lengths.min()) < 0 or int(self.lengths.max()) > self.completion_ids.shape[1]):
+            raise ValueError(f"lengths must lie in [0, T={self.completion_ids.shape[1]}]")
+
+    @property
+    def loss_mask(self) -> torch.Tensor:
+        """Bool[B, T]: True at the first ``lengths[b]`` positions of row b."""
+        T = self.completion_ids.shape[1]
+        return torch.arange(T, device=self.lengths.device)[None, :] < self.lengths[:, None]

@@ -1,0 +1,228 @@
+"""The policy update and checkpoints: an autograd oracle, batch-layout invariance, NaN skipping, atomic writes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rlvr.models import tiny_random, trainable_state_dict
+from rlvr.trainer import checkpoint as ckpt
+from rlvr.trainer.batch import Batch, Scores
+from rlvr.trainer.step import UpdateSettings, update_policy
+from rlvr.types import Problem, Rollout
+
+
+def _batch(B: int = 8, T: int = 6, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(3, 99, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist()
+               for _ in range(B)]
+    ids = torch.randint(3, 99, (B, T), generator=g)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[0] = T
+    ro = Rollout(prompt_ids=prompts, completion_ids=ids, lengths=lengths, finish_reasons=["stop"] * B,
+                 texts=[""] * B)
+    z = torch.zeros(B, dtype=torch.float64)
+    scores = Scores(total=z, accuracy=z, format=z, overlong=z, reasons=[""] * B, extracted=[None] * B)
+    problems = [Problem(prompt="p", answer="1", verifier="int", id=f"x/{i}") for i in range(B // 2)]
+    adv = torch.randn(B, generator=g)
+    return Batch(problems=problems, rollout=ro, scores=scores, advantages=adv)
+
+
+def _settings(**kw) -> UpdateSettings:
+    base = dict(loss="reinforce", loss_kwargs={}, aggregation="token_mean", kl_coef=0.0, kl_estimator="k3",
+                num_iterations=1, mini_batches=1, micro_batch_size=8, max_grad_norm=0.0, max_new_tokens=6,
+                chunk_size=64, seed=0)
+    base.update(kw)
+    return UpdateSettings(**base)
+
+
+def _sgd(model, lr=1.0):
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+
+def _delta(before: dict, model) -> dict:
+    return {k: v.detach() - before[k] for k, v in model.named_parameters()}
+
+
+def _naive_logprobs(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row by row, full logits, no padding: the oracle for completion log-probs."""
+    ro = batch.rollout
+    B, T = ro.completion_ids.shape
+    out = torch.zeros(B, T)
+    for b in range(B):
+        n = int(ro.lengths[b])
+        seq = torch.tensor(ro.prompt_ids[b] + ro.completion_ids[b, :n].tolist())[None]
+        logits = model(seq).logits[0].float().log_softmax(-1)
+        P = len(ro.prompt_ids[b])
+        out[b, :n] = logits[P - 1:P - 1 + n].gather(-1, seq[0, P:P + n, None])[:, 0]
+    return out, ro.loss_mask
+
+
+def test_reinforce_update_equals_the_autograd_oracle():
+    model, _ = tiny_random(0)
+    batch = _batch()
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    opt, sched = _sgd(model)
+    m = update_policy(model, opt, sched, batch, _settings(), step=0)
+    got = _delta(before, model)
+
+    oracle, _ = tiny_random(0)
+    lp, mask = _naive_logprobs(oracle, batch)
+    loss = -(batch.advantages[:, None] * lp * mask).sum() / mask.sum()
+    loss.backward()
+    for k, p in oracle.named_parameters():
+        torch.testing.assert_close(got[k], -p.grad, atol=2e-6, rtol=1e-4, msg=k)
+    assert m["loss/policy"] == pytest.approx(float(loss.detach()), rel=1e-5)
+    assert m["train/skipped_steps"] == 0.0
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_micro_batch_size_does_not_change_the_update(mode):
+    results = []
+    for mbs in (1, 3, 8):
+        model, _ = tiny_random(0)
+        before = {k: v.detach().clone() for k, v in model.named_parameters()}
+        opt, sched = _sgd(model)
+        update_policy(model, opt, sched, _batch(), _settings(micro_batch_size=mbs, aggregation=mode,
+                                                             loss="ppo_clip"), step=0)
+        results.append(_delta(before, model))
+    for other in results[1:]:
+        for k in results[0]:
+            torch.testing.assert_close(other[k], results[0][k], atol=1e-6, rtol=1e-4, msg=k)
+
+
+def test_mini_batches_and_iterations_make_that_many_optimiser_steps():
+    model, _ = tiny_random(0)
+    opt, sched = _sgd(model, lr=1e-2)
+    m = update_policy(model, opt, sched, _batch(), _settings(loss="ppo_clip", num_iterations=2, mini_batches=2,
+                                                             micro_batch_size=2), step=0)
+    assert sched.last_epoch == 4
+    # after the first optimiser step the policy has moved, so later ratios differ from 1
+    assert m["loss_stats/ratio"] != pytest.approx(1.0, abs=1e-9)
+
+
+def test_non_finite_gradient_skips_the_step_and_leaves_weights_untouched():
+    model, _ = tiny_random(0)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    p = next(model.parameters())
+    h = p.register_hook(lambda g: torch.full_like(g, float("nan")))
+    m = update_policy(model, opt, sched, _batch(), _settings(max_grad_norm=1.0), step=0)
+    h.remove()
+    assert m["train/skipped_steps"] == 1.0
+    for k, v in model.named_parameters():
+        assert torch.equal(v.detach(), before[k]), k
+    assert not opt.state and sched.last_epoch == 0
+    m = update_policy(model, opt, sched, _batch(), _settings(max_grad_norm=1.0), step=1)
+    assert m["train/skipped_steps"] == 0.0 and sched.last_epoch == 1
+
+
+def test_kl_term_adds_beta_times_k3_to_the_loss():
+    model, _ = tiny_random(0)
+    ref, _ = tiny_random(1)  # a different "reference" so the KL is not zero
+    batch = _batch()
+    ctx = _swap_context(model, ref)
+    opt, sched = _sgd(model, lr=0.0 + 1e-12)
+    m0 = update_policy(model, opt, sched, batch, _settings(), step=0, reference=ctx, log_ref_kl=True)
+    m1 = update_policy(model, opt, sched, batch, _settings(kl_coef=0.5), step=0, reference=ctx)
+    lp, mask = _naive_logprobs(model, batch)
+    lr_, _ = _naive_logprobs(ref, batch)
+    d = (lr_ - lp)
+    k3 = (torch.exp(d) - 1 - d) * mask
+    assert m0["policy/kl"] == pytest.approx(float(k3.sum() / mask.sum()), rel=1e-4)
+    assert m1["loss/policy"] - m0["loss/policy"] == pytest.approx(0.5 * float(k3.sum() / mask.sum()), rel=1e-4)
+
+
+def _swap_context(model, ref):
+    """A reference context that temporarily loads ``ref``'s weights into ``model`` (tests only)."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def ctx():
+        saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(ref.state_dict())
+        try:
+            yield model
+        finally:
+            model.load_state_dict(saved)
+    return ctx
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+def _trained(seed=0):
+    model, _ = tiny_random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    update_policy(model, opt, sched, _batch(), _settings(), step=0)
+    return model, opt, sched
+
+
+def test_checkpoint_round_trip_restores_everything(tmp_path):
+    model, opt, sched = _trained()
+    torch.manual_seed(123)
+    state = ckpt.TrainState(step=1, data_position=8, policy_version=1, extras={"eval_start": 0.25})
+    path = ckpt.save_checkpoint(tmp_path, model, opt, sched, state)
+    expect_rand = torch.rand(3)
+    fresh, _ = tiny_random(5)
+    opt2 = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0 / (1 + s))
+    got = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path), fresh, opt2, sched2)
+    assert path.name == "step_000001" and got == state
+    for (k, a), (_, b) in zip(trainable_state_dict(model).items(), trainable_state_dict(fresh).items()):
+        assert torch.equal(a, b), k
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    for i in s1["state"]:
+        for name, v in s1["state"][i].items():
+            assert torch.equal(v, s2["state"][i][name]), (i, name)
+    assert s1["param_groups"][0]["lr"] == s2["param_groups"][0]["lr"] and sched2.last_epoch == sched.last_epoch
+    assert torch.equal(torch.rand(3), expect_rand)  # RNG state restored
+    assert json.loads((path / "state.json").read_text())["data_position"] == 8
+
+
+def test_interrupted_checkpoint_write_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
+    model, opt, sched = _trained()
+    ckpt.save_checkpoint(tmp_path, model, opt, sched, ckpt.TrainState(2, 16, 2))
+    calls = {"n": 0}
+    real = ckpt.save_file
+
+    def dying_save(tensors, path):
+        calls["n"] += 1
+        if calls["n"] == 2:  # weights written, then the process "dies" writing the optimiser state
+            raise KeyboardInterrupt
+        real(tensors, path)
+
+    monkeypatch.setattr(ckpt, "save_file", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path, model, opt, sched, ckpt.TrainState(4, 32, 4))
+    monkeypatch.undo()
+    assert any(p.name.startswith(".tmp-step_000004") for p in tmp_path.iterdir())  # the half-written one
+    latest = ckpt.latest_checkpoint(tmp_path)
+    assert latest.name == "step_000002"
+    fresh, _ = tiny_random(5)
+    opt2 = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0)
+    assert ckpt.load_checkpoint(latest, fresh, opt2, sched2).step == 2
+
+
+def test_incomplete_checkpoint_is_reported(tmp_path):
+    model, opt, sched = _trained()
+    path = ckpt.save_checkpoint(tmp_path, model, opt, sched, ckpt.TrainState(1, 0, 1))
+    (path / "optimizer.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="optimizer.safetensors is missing"):
+        ckpt.load_checkpoint(path, model, opt, sched)
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        ckpt.latest_checkpoint(tmp_path / "nothing")
+
+
+def test_old_checkpoints_are_pruned(tmp_path):
+    model, opt, sched = _trained()
+    for s in range(1, 5):
+        ckpt.save_checkpoint(tmp_path, model, opt, sched, ckpt.TrainState(s, 0, s), keep=2)
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000003", "step_000004"]
+    assert (tmp_path / "latest").read_text().strip() == "step_000004"
