@@ -1,0 +1,230 @@
+"""Per-token log-probabilities of completions, without materialising [B, T, V] logits.
+
+The policy-gradient losses need log π(y_t | x, y_<t) for every completion token: a gather from a
+log-softmax over the vocabulary V. Computing ``model(...).logits`` first costs B·L·V floats for the
+logits, as much again for the log-softmax, and the same in the backward pass (for SmolLM2, V = 49152:
+1.3 GB at B = 16, L = 100 in fp32). Here the decoder body gives the final hidden states, only the rows
+that predict a completion token are kept (N of them), and ``selective_log_softmax`` applies the output
+head to chunks of rows: forward and backward hold one [chunk, V] fp32 block at a time, and nothing
+[N, V]-sized is saved for backward (the backward recomputes each chunk's logits).
+
+Shapes: B rows, T padded completion length, H hidden size, V vocabulary, N = sum(lengths) selected rows.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+_UNSUPPORTED_HEAD_CONFIG = {"final_logit_softcapping": (None,), "logit_scale": (None, 1, 1.0),
+                            "logits_scaling": (None, 1, 1.0)}
+"""Config attributes that change logits after the linear head; the chunked head only does ``h·Wᵀ + b``."""
+
+
+class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
+    """log softmax(h·Wᵀ + b)[target] per row, computed chunk by chunk (see ``selective_log_softmax``).
+
+    Forward, per chunk of rows c: z = h_c·Wᵀ + b (compute dtype, at least fp32), lse = logsumexp(z),
+    logprob = z[target] − lse, entropy = lse − Σ softmax(z)·z. Saved for backward: h, W, b, targets and
+    lse ([N]) only. Backward, per chunk: recompute z, dz = g·(onehot(target) − softmax(z)),
+    grad_h = dz·W, grad_W += dzᵀ·h, grad_b += Σ dz (the last two only when needed).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                targets: torch.Tensor, chunk_size: int, with_entropy: bool):
+        compute = _compute_dtype(hidden, weight)
+        n = hidden.shape[0]
+        logprobs = hidden.new_empty(n, dtype=compute)
+        lse = hidden.new_empty(n, dtype=compute)
+        entropy = hidden.new_empty(n if with_entropy else 0, dtype=compute)
+        with torch.autocast(device_type=hidden.device.type, enabled=False), torch.no_grad():
+            w = weight.to(compute)
+            b = bias.to(compute) if bias is not None else None
+            for start in range(0, n, chunk_size):
+                rows = slice(start, min(start + chunk_size, n))
+                z = _chunk_logits(hidden[rows], w, b, compute)              # [c, V]
+                lse[rows] = torch.logsumexp(z, dim=-1)
+                logprobs[rows] = z.gather(1, targets[rows, None]).squeeze(1) - lse[rows]
+                if with_entropy:
+                    p = torch.exp(z - lse[rows, None])
+                    entropy[rows] = lse[rows] - (p * z).sum(-1)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.chunk_size = chunk_size
+        ctx.mark_non_differentiable(entropy)
+        return logprobs, entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_logprobs: torch.Tensor, _grad_entropy: torch.Tensor | None):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        compute = lse.dtype
+        n = hidden.shape[0]
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=compute, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=compute, device=bias.device) if need_b else None
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            w = weight.to(compute)
+            b = bias.to(compute) if bias is not None else None
+            g_all = grad_logprobs.to(compute)
+            for start in range(0, n, ctx.chunk_size):
+                rows = slice(start, min(start + ctx.chunk_size, n))
+                g = g_all[rows]
+                dz = _chunk_logits(hidden[rows], w, b, compute)             # z, then reused in place
+                dz.sub_(lse[rows, None]).exp_().mul_(-g[:, None])            # −g·softmax(z)
+                dz.scatter_add_(1, targets[rows, None], g[:, None])         # + g·onehot(target)
+                if need_h:
+                    grad_h[rows] = (dz @ w).to(hidden.dtype)
+                if need_w:
+                    grad_w.addmm_(dz.T, hidden[rows].to(compute))
+                if need_b:
+                    grad_b.add_(dz.sum(0))
+        grad_w = grad_w.to(weight.dtype) if need_w else None
+        grad_b = grad_b.to(bias.dtype) if need_b else None
+        return grad_h, grad_w, grad_b, None, None, None
+
+
+def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """fp32, or fp64 when an input is fp64 (gradcheck): half-precision inputs are upcast, never the reverse."""
+    return torch.promote_types(torch.promote_types(hidden.dtype, weight.dtype), torch.float32)
+
+
+def _chunk_logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, compute: torch.dtype) -> torch.Tensor:
+    """[c, V] logits h·wᵀ + b in the compute dtype (``w``, ``b`` already in it)."""
+    h = h.to(compute)
+    return torch.addmm(b, h, w.T) if b is not None else h @ w.T
+
+
+def selective_log_softmax(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                          bias: torch.Tensor | None = None, chunk_size: int = 1024,
+                          with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(hidden·weightᵀ + bias)[n, targets[n]] for each row n, in chunks of rows.
+
+    hidden: [N, H], any float dtype; weight: [V, H] (the output head); bias: [V] or None; targets: Long[N].
+    Returns (logprobs [N], entropy [N] or None) in fp32 (fp64 if an input is fp64). Logits are computed in
+    that dtype, also under autocast. Memory: O(chunk_size·V) in forward and backward; nothing of size N·V
+    is stored. Differentiable w.r.t. hidden, weight and bias (first order). Entropy −Σ p log p is a metric:
+    it carries no gradient.
+    """
+    _check_head_inputs(hidden, weight, targets, bias, chunk_size)
+    logprobs, entropy = _ChunkedSelectiveLogSoftmax.apply(hidden, weight, bias, targets, int(chunk_size),
+                                                          bool(with_entropy))
+    return logprobs, (entropy if with_entropy else None)
+
+
+def _check_head_inputs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                       bias: torch.Tensor | None, chunk_size: int) -> None:
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"selective_log_softmax: hidden must be [N, H] and weight [V, H], got "
+                         f"{tuple(hidden.shape)} and {tuple(weight.shape)}")
+    if not (hidden.is_floating_point() and weight.is_floating_point()):
+        raise ValueError(f"selective_log_softmax: hidden and weight must be float, got {hidden.dtype}, {weight.dtype}")
+    if targets.shape != (hidden.shape[0],) or targets.dtype != torch.long:
+        raise ValueError(f"selective_log_softmax: targets must be Long[N={hidden.shape[0]}], got "
+                         f"{targets.dtype}{list(targets.shape)}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"selective_log_softmax: bias must be [V={weight.shape[0]}], got {tuple(bias.shape)}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"selective_log_softmax: chunk_size must be a positive int, got {chunk_size!r}")
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= weight.shape[0]):
+        bad = targets[(targets < 0) | (targets >= weight.shape[0])][0]
+        raise ValueError(f"selective_log_softmax: target id {int(bad)} is outside the vocabulary [0, {weight.shape[0]})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Completions of a causal LM
+# ----------------------------------------------------------------------------------------------
+
+def completion_logprobs(model: Any, prompt_ids: list[list[int]], completion_ids: torch.Tensor,
+                        lengths: torch.Tensor, *, chunk_size: int = 1024,
+                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(completion[b, t] | prompt[b], completion[b, :t]) for t < lengths[b]; exactly 0 elsewhere.
+
+    model: a Hugging Face causal LM, or a PEFT model wrapping one (the LoRA layers sit inside the decoder
+        layers, so running the base model's decoder applies them).
+    prompt_ids: B lists of ids, each non-empty (the last prompt token predicts completion token 0).
+    completion_ids: Long[B, T], right-padded; values at t >= lengths[b] are never read.
+    lengths: Long[B], in [0, T].
+    Returns (logprobs, entropy or None), each Float32[B, T] (float64 for a float64 model), on the model's
+    device. The decoder runs on right-padded rows prompt + completion[:length] with an attention mask;
+    the hidden state at position len(prompt) − 1 + t predicts completion token t. Gradients flow to every
+    trainable parameter; entropy carries none. Works under torch.autocast: the head is computed in fp32.
+    """
+    decoder, head = _decoder_and_head(model)
+    device = head.weight.device
+    B, T = _check_batch(prompt_ids, completion_ids, lengths)
+    lengths = lengths.to(device)
+    completion_ids = completion_ids.to(device)
+    input_ids, attention_mask, prompt_lens = _pack_rows(prompt_ids, completion_ids, lengths, device)
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+    t = torch.arange(T, device=device)
+    rows, cols = (t[None, :] < lengths[:, None]).nonzero(as_tuple=True)      # [N] each, row-major
+    positions = prompt_lens[rows] - 1 + cols
+    lp, ent = selective_log_softmax(hidden[rows, positions], head.weight, completion_ids[rows, cols],
+                                    bias=head.bias, chunk_size=chunk_size, with_entropy=with_entropy)
+    flat = rows * T + cols
+    out_dtype = lp.dtype
+    logprobs = torch.zeros(B * T, dtype=out_dtype, device=device).index_put((flat,), lp).view(B, T)
+    entropy = None
+    if with_entropy:
+        entropy = torch.zeros(B * T, dtype=out_dtype, device=device).index_put((flat,), ent).view(B, T)
+    return logprobs, entropy
+
+
+def _decoder_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Linear]:
+    """(decoder body returning ``last_hidden_state``, linear output head) of a causal LM or PEFT model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_decoder = getattr(base, "get_decoder", None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    decoder = get_decoder() if get_decoder is not None else None
+    if decoder is None or decoder is base or head is None:
+        raise ValueError(f"completion_logprobs: {type(base).__name__} is not a causal LM with a decoder body "
+                         "and an output head")
+    if hasattr(head, "base_layer") or not isinstance(getattr(head, "weight", None), torch.Tensor):
+        raise ValueError(f"completion_logprobs: the output head is a {type(head).__name__}, not a plain linear "
+                         "layer (LoRA on lm_head is not supported)")
+    config = getattr(base, "config", None)
+    for attr, neutral in _UNSUPPORTED_HEAD_CONFIG.items():
+        value = getattr(config, attr, None)
+        if value not in neutral:
+            raise ValueError(f"completion_logprobs: {type(base).__name__} has {attr}={value!r}, which changes "
+                             "logits after the linear head; not supported")
+    return decoder, head
+
+
+def _check_batch(prompt_ids: list[list[int]], completion_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[int, int]:
+    """(B, T) after checking the shapes and ranges that ``completion_logprobs`` relies on."""
+    if completion_ids.dim() != 2 or completion_ids.dtype != torch.long:
+        raise ValueError(f"completion_ids must be Long[B, T], got {completion_ids.dtype}{list(completion_ids.shape)}")
+    B, T = completion_ids.shape
+    if len(prompt_ids) != B:
+        raise ValueError(f"prompt_ids has {len(prompt_ids)} rows but completion_ids has B={B}")
+    if lengths.shape != (B,) or lengths.dtype not in (torch.long, torch.int32, torch.int64):
+        raise ValueError(f"lengths must be Long[B={B}], got {lengths.dtype}{list(lengths.shape)}")
+    if B and (int(lengths.min()) < 0 or int(lengths.max()) > T):
+        raise ValueError(f"lengths must lie in [0, T={T}], got min {int(lengths.min())}, max {int(lengths.max())}")
+    empty = [b for b, p in enumerate(prompt_ids) if len(p) == 0]
+    if empty:
+        raise ValueError(f"prompt_ids rows {empty[:5]} are empty: a completion needs at least one prompt token")
+    return B, T
+
+
+def _pack_rows(prompt_ids: list[list[int]], completion_ids: torch.Tensor, lengths: torch.Tensor,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded rows prompt + completion[:length]: (input_ids [B, L], attention_mask [B, L], prompt_lens [B]).
+
+    Padding uses id 0 under a zero attention mask; right padding keeps position ids 0..len−1 for real tokens.
+    """
+    B = len(prompt_ids)
+    prompt_lens = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long, device=device)
+    total = prompt_lens + lengths
+    L = int(total.max()) if B else 0
+    input_ids = torch.zeros(B, L, dtype=torch.long, device=device)
+    for b, (prompt, n) in enumerate(zip(prompt_ids, lengths.tolist())):
+        p = len(prompt)
+        input_ids[b, :p] = torch.as_tensor(prompt, dtype=torch.long, device=device)
+        input_ids[b, p:p + n] = completion_ids[b, :n]
+    attention_mask = (torch.arange(L, device=device)[None, :] < total[:, None]).long()
+    return input_ids, attention_mask, prompt_lens

@@ -1,0 +1,18 @@
+"""Rewards: answer extraction, verifiers and a crash-proof process pool to run them.
+
+  extract     find_answer / extract_answer / format_score: the final answer of a completion
+  verifiers   VerifyResult, verify_math (math-verify), verify_int (exact integer), VERIFIERS registry
+  pool        RewardPool: verifiers in worker processes with a per-item timeout
+  shaping     reward shaping terms (torch); not imported here, so workers never import torch
+
+Example:
+    >>> with RewardPool(num_workers=2, timeout_s=5.0) as pool:
+    ...     pool.score(["math", "int"], ["so \\\\boxed{\\\\frac{1}{2}}", "#### 1,000"], ["0.5", "1000"])
+    [VerifyResult(score=1.0, extracted='\\\\frac{1}{2}', reason='correct'), VerifyResult(score=1.0, extracted='1,000', reason='correct')]
+"""
+from rlvr.rewards.extract import REQUESTED_FORMS, extract_answer, find_answer, format_score
+from rlvr.rewards.pool import RewardPool, RewardPoolError
+from rlvr.rewards.verifiers import VERIFIERS, VerifyResult, get_verifier, parse_int, verify_int, verify_math
+
+__all__ = ["VerifyResult", "verify_math", "verify_int", "parse_int", "VERIFIERS", "get_verifier",
+           "find_answer", "extract_answer", "format_score", "REQUESTED_FORMS", "RewardPool", "RewardPoolError"]
