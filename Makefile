@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow test-all bench clean
+.PHONY: install demo demo-bandit test test-slow test-all bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,12 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The main job: the embedded default run (SmolLM2-135M-Instruct + LoRA, GRPO on arithmetic, CPU).
 demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/rlvr train
+
+# The exactly solvable toy comparison of every advantage estimator (seconds).
+demo-bandit: $(STAMP)
 	$(VENV)/bin/rlvr demo
 
 # pytest exits 5 when it collects no test; that is reported, not hidden as a failure or a pass.

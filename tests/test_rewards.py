@@ -597,3 +597,41 @@ def test_spawn_pool_matches_forkserver(roomy_pool):
     with RewardPool(num_workers=2, timeout_s=60.0, start_method="spawn") as p:
         assert p.score(names, completions, golds) == roomy_pool.score(names, completions, golds)
         assert p.score(["reward_fixtures:exit_hard"], ["die"], ["1"])[0].reason == "worker crashed: exit code 1"
+
+
+# ---------------------------------------------------------------------------------------------
+# verify_int_last: a marked answer wins, else the last integer token
+# ---------------------------------------------------------------------------------------------
+
+INT_LAST_CASES = [
+    ("1 + 6 = 7", "7", 1.0, "7"),
+    ("1 + 6 = 7.", "7", 1.0, "7"),
+    ("So 9 - 8 = 11.", "1", 0.0, "11"),
+    ("To add 6 and 7 we need addition and", "13", 0.0, "7"),
+    ("The result is -4, I think.", "-4", 1.0, "-4"),
+    ("x2 is 3.5 and -4", "-4", 1.0, "-4"),          # "x2" is a word, 3.5 a decimal: neither is an integer token
+    ("total 1,000 apples", "1000", 1.0, "1,000"),
+    ("3.5", "3", 0.0, None),
+    ("a 12b", "12", 0.0, None),                      # digits inside a word are not an answer
+    ("so 12, then 13", "13", 1.0, "13"),
+    ("no numbers here", "1", 0.0, None),
+    ("\\boxed{5} and later 6", "5", 1.0, "5"),       # a marked answer wins over the last number
+    ("#### 8\n9", "9", 0.0, "8"),
+    ("\u22123 is it", "-3", 1.0, "\u22123"),
+]
+
+
+@pytest.mark.parametrize("completion, gold, score, extracted", INT_LAST_CASES)
+def test_verify_int_last_table(completion, gold, score, extracted):
+    from rlvr.rewards import verify_int_last
+
+    r = verify_int_last(completion, gold)
+    assert (r.score, r.extracted) == (score, extracted), r
+
+
+def test_verify_int_last_is_registered_and_checks_its_gold():
+    from rlvr.rewards import get_verifier, verify_int_last
+
+    assert get_verifier("int_last") is verify_int_last
+    with pytest.raises(ValueError, match="gold must be an integer"):
+        verify_int_last("7", "7.5")

@@ -195,7 +195,10 @@ def _preset_tiny_arith(*, dtype: torch.dtype, cache_dir: Path) -> tuple[Any, Any
     if not (TINY_ARITH_DIR / "config.json").is_file():
         raise ModelLoadError(f"the tiny-arith weights are missing: {TINY_ARITH_DIR} has no config.json; "
                              f"{TINY_ARITH_BUILD_HINT}")
-    return _load_pretrained_dir(TINY_ARITH_DIR, dtype)
+    model, _ = _load_pretrained_dir(TINY_ARITH_DIR, dtype)
+    # transformers 5.17's AutoTokenizer forces Qwen2Tokenizer on any qwen2 folder, whose pre-tokenizer
+    # drops spaces and newlines; the saved files are our character tokenizer, so load them as such.
+    return model, PreTrainedTokenizerFast.from_pretrained(TINY_ARITH_DIR)
 
 
 @MODELS.register("smollm2-135m-instruct")

@@ -1,7 +1,7 @@
 """Rewards: answer extraction, verifiers and a crash-proof process pool to run them.
 
   extract     find_answer / extract_answer / format_score: the final answer of a completion
-  verifiers   VerifyResult, verify_math (math-verify), verify_int (exact integer), VERIFIERS registry
+  verifiers   VerifyResult, verify_math (math-verify), verify_int (exact integer), verify_int_last (lenient), VERIFIERS registry
   pool        RewardPool: verifiers in worker processes with a per-item timeout
   shaping     reward shaping terms (torch); not imported here, so workers never import torch
 
@@ -12,7 +12,7 @@ Example:
 """
 from rlvr.rewards.extract import REQUESTED_FORMS, extract_answer, find_answer, format_score
 from rlvr.rewards.pool import RewardPool, RewardPoolError
-from rlvr.rewards.verifiers import VERIFIERS, VerifyResult, get_verifier, parse_int, verify_int, verify_math
+from rlvr.rewards.verifiers import VERIFIERS, VerifyResult, get_verifier, parse_int, verify_int, verify_int_last, verify_math
 
-__all__ = ["VerifyResult", "verify_math", "verify_int", "parse_int", "VERIFIERS", "get_verifier",
+__all__ = ["VerifyResult", "verify_math", "verify_int", "verify_int_last", "parse_int", "VERIFIERS", "get_verifier",
            "find_answer", "extract_answer", "format_score", "REQUESTED_FORMS", "RewardPool", "RewardPoolError"]

@@ -50,7 +50,7 @@ from math_verify.errors import TimeoutException
 from rlvr.registry import Registry
 from rlvr.rewards.extract import extract_answer, strip_math_delimiters
 
-__all__ = ["VerifyResult", "verify_math", "verify_int", "math_text", "parse_int", "VERIFIERS",
+__all__ = ["VerifyResult", "verify_math", "verify_int", "verify_int_last", "math_text", "parse_int", "VERIFIERS",
            "get_verifier", "MATH_BUDGET_S"]
 
 logger = logging.getLogger(__name__)
@@ -236,6 +236,33 @@ def verify_int(completion: str, gold: str) -> VerifyResult:
     return VerifyResult(0.0, extracted, "wrong")
 
 
+_LAST_INT_RE = re.compile(r"(?<![\w.])[-\u2212+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?!\w|[.,]\d)")
+
+
+def verify_int_last(completion: str, gold: str) -> VerifyResult:
+    """Like ``verify_int``, but without a marked answer the last integer in the text is the answer.
+
+    The lenient "flexible extract" of GSM8K-style evaluations: a marked answer (``\\boxed{}``,
+    ``####``, "the answer is") wins; otherwise the last integer token of the completion (thousands
+    separators allowed; digits inside words or decimals are not integers). It rewards a model that
+    ends with its result even when it does not use a requested format. Use ``int`` for strict grading.
+    Example: ``verify_int_last("1 + 6 = 7", "7")`` -> ``VerifyResult(1.0, "7", "correct")``.
+    """
+    if not isinstance(gold, str) or not _GOLD_INT_RE.match(gold.strip()):
+        raise ValueError(f"verify_int_last: gold must be an integer string like '-12', got {gold!r}")
+    if extract_answer(completion) is not None:
+        return verify_int(completion, gold)
+    found = _LAST_INT_RE.findall(completion)
+    if not found:
+        return VerifyResult(0.0, None, "no answer found")
+    extracted = found[-1]
+    value = parse_int(extracted)
+    if value is None:
+        return VerifyResult(0.0, extracted, f"not an integer: {extracted[:40]!r}")
+    return VerifyResult(float(value == int(gold.strip())), extracted, "correct" if value == int(gold.strip())
+                        else "wrong")
+
+
 # ----------------------------------------------------------------------------------------------
 # Registry
 # ----------------------------------------------------------------------------------------------
@@ -243,6 +270,7 @@ def verify_int(completion: str, gold: str) -> VerifyResult:
 VERIFIERS: Registry[Verifier] = Registry("verifier")
 VERIFIERS.add("math", verify_math)
 VERIFIERS.add("int", verify_int)
+VERIFIERS.add("int_last", verify_int_last)
 
 
 def get_verifier(name: str) -> Verifier:
