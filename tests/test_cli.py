@@ -10,7 +10,7 @@ from rlvr.cli import DEMO_ESTIMATORS, main
 
 def test_help_lists_the_commands():
     out = subprocess.run([sys.executable, "-m", "rlvr", "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("list", "demo", "bench"):
+    for command in ("list", "demo", "train", "plot", "bench"):
         assert command in out
 
 
@@ -50,3 +50,20 @@ def test_bench_advantages_small_run(tmp_path, capsys):
     assert maxpo[1:3] == ["4", "2"]
     assert float(maxpo[3]) > 0 and float(maxpo[-1]) <= 1e-9     # timed, and equal to both slow constructions
     assert {"pkpo[none]", "pkpo[loo]", "pkpo[loo_minus_one]", "grpo", "aapo"} <= set(rows)
+
+
+def test_plot_writes_pngs_from_a_metrics_file(tmp_path, capsys):
+    import json
+
+    from rlvr.cli import main
+
+    rows = [{"step": 0, "eval/accuracy": 0.2}] + [
+        {"step": s, "reward/mean": 0.1 * s, "reward/accuracy": 0.1 * s, "policy/entropy": 1.0 / s,
+         "response/length_mean": 10.0 + s} for s in range(1, 4)] + [{"step": 3, "eval/accuracy": 0.4}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["plot", str(tmp_path)]) == 0
+    written = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert written == ["accuracy.png", "curves.png", "entropy.png", "response_length.png", "reward.png"]
+    assert all((tmp_path / "plots" / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in written)
+    assert main(["plot", str(tmp_path / "missing")]) == 2
+    assert "no metrics file" in capsys.readouterr().err

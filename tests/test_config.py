@@ -100,3 +100,17 @@ def test_presets_cover_both_models_and_seven_algorithms():
     names = {(p.parent.name, p.stem) for p in CONFIGS}
     algos = {"grpo", "dr_grpo", "dapo", "gpg", "aapo", "pkpo", "maxpo"}
     assert names >= {(m, a) for m in ("smollm2", "tiny_arith") for a in algos}
+
+
+def test_files_replace_mappings_and_dotted_overrides_merge_into_them(tmp_path):
+    f = tmp_path / "x.yaml"
+    f.write_text("data:\n  source: arith\n  task_kwargs: {}\n")
+    assert load_config(f).data.task_kwargs == {}
+    assert load_config(f).data.eval_size == TrainConfig().data.eval_size  # other data keys keep defaults
+    cfg = load_config(None, ["data.task_kwargs.max_digits=2"])
+    assert cfg.data.task_kwargs == {**TrainConfig().data.task_kwargs, "max_digits": 2}
+
+
+def test_a_dotted_override_replaces_a_whole_mapping_when_given_one():
+    assert load_config(None, ["data.task_kwargs={}"]).data.task_kwargs == {}
+    assert load_config(None, ["algo.loss_kwargs={clip_eps_high: 0.28}"]).algo.loss_kwargs == {"clip_eps_high": 0.28}

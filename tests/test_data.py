@@ -405,3 +405,15 @@ def test_problems_hash():
     assert problems_hash(problems[::-1]) != h
     assert problems_hash([Problem("ab", "c", "int", "x")]) != problems_hash([Problem("a", "bc", "int", "x")])
     assert problems_hash([Problem("a", "1", "int", "x")]) != problems_hash([Problem("a", "1", "math", "x")])
+
+
+def test_split_never_puts_an_eval_prompt_in_training():
+    from rlvr.data import unique_prompts
+
+    probs = [Problem(prompt=f"q{i % 5}", answer=str(i % 5), verifier="int", id=f"t/{i}") for i in range(20)]
+    assert [p.id for p in unique_prompts(probs)] == ["t/0", "t/1", "t/2", "t/3", "t/4"]
+    train, held = split_problems(probs, eval_size=2, seed=0)
+    assert len(train) == 3 and len(held) == 2
+    assert not {p.prompt for p in train} & {p.prompt for p in held}
+    with pytest.raises(DataError, match="distinct prompts"):
+        split_problems(probs, eval_size=5, seed=0)

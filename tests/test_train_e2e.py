@@ -17,7 +17,7 @@ from rlvr.models import apply_lora, tiny_random, trainable_state_dict
 
 # tiny-random never gets an answer right, so the signal comes from DAPO's overlong shaping: the reward
 # ramps from 0 (empty) to −1 (max_new_tokens), and digits as stop strings make the lengths vary.
-TINY = ["model.name=tiny-random", "data.source=arith", "data.size=120", "data.eval_size=8", "rollout.prompts_per_step=2",
+TINY = ["model.name=tiny-random", "data.source=arith", "data.task_kwargs={}", "data.verifier=int", "data.size=120", "data.eval_size=8", "rollout.prompts_per_step=2",
         "rollout.group_size=4", "rollout.max_new_tokens=12", "reward.overlong_buffer=12", "reward.num_workers=0",
         "algo.micro_batch_size=4", "optim.lr=1e-2", "rollout.stop=[a, e, i, o, u, '0', '1', '2', '3', '4', '5']", "log.progress=false", "log.tensorboard=false"]
 

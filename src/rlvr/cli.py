@@ -191,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench_sub.add_parser("advantages", help="time every advantage estimator; maxpo/pkpo vs O(G²) and enumeration")
     bench_advantages.add_arguments(p)
     p.set_defaults(func=bench_advantages.command)
+    from rlvr.bench import generate as bench_generate
+
+    p = bench_sub.add_parser("generate", help="tokens/s of rlvr's HFSampler vs transformers' generate, same run")
+    bench_generate.add_arguments(p)
+    p.set_defaults(func=bench_generate.command)
     return parser
 
 

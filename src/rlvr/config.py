@@ -63,6 +63,12 @@ class ModelConfig:
             raise ConfigError(f"model.lora_dropout must be in [0, 1), got {self.lora_dropout}")
 
 
+# The main job's task: "Calculate 7 + 38." (two non-negative terms of one or two digits, addition),
+# easy enough that SmolLM2-135M is sometimes right, so GRPO has a signal from the first step.
+MAIN_JOB_TASK = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2, "operators": ["+"],
+                 "allow_parentheses": False, "allow_negation": False}
+
+
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "rg:basic_arithmetic"
@@ -72,14 +78,14 @@ class DataConfig:
     eval_size: int = 100
     """Held-out problems, split off deterministically before training."""
     seed: int = 0
-    task_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments of the task generator (e.g. reasoning-gym's difficulty knobs)."""
+    task_kwargs: dict[str, Any] = field(default_factory=lambda: dict(MAIN_JOB_TASK))
+    """Keyword arguments of the task generator (reasoning-gym's difficulty knobs; default: one-digit ±)."""
     prompt_field: str = "prompt"
     answer_field: str = "answer"
     template: str = "{prompt}"
     """Prompt template (str.format over the row; {prompt} is the prompt field)."""
-    verifier: str | None = None
-    """Verifier name (math, int, or module:function); None: the task's default."""
+    verifier: str | None = "int_last"
+    """Verifier name (math, int, int_last, or module:function); None: the task's default."""
 
     def __post_init__(self) -> None:
         _positive(self, "eval_size")
@@ -92,9 +98,9 @@ class RolloutConfig:
     prompts_per_step: int = 8
     group_size: int = 8
     """G: samples per prompt."""
-    temperature: float = 1.0
+    temperature: float = 0.7
     top_p: float = 1.0
-    max_new_tokens: int = 64
+    max_new_tokens: int = 32
     stop: tuple[str, ...] = ()
     max_batch_size: int = 64
     """Rows generated together."""
@@ -145,7 +151,7 @@ class AlgoConfig:
     """Passes over each batch (μ); old log-probs are then computed once per batch."""
     mini_batches: int = 1
     """Optimiser steps per pass over a batch."""
-    micro_batch_size: int = 8
+    micro_batch_size: int = 16
     """Sequences per forward/backward (gradient accumulation inside a mini-batch)."""
 
     def __post_init__(self) -> None:
@@ -158,7 +164,7 @@ class AlgoConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 2e-4
+    lr: float = 5e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = 1.0
@@ -194,7 +200,7 @@ class LogConfig:
     """Checkpoint every N steps (0: only at the end)."""
     keep_checkpoints: int = 2
     tensorboard: bool = True
-    ref_kl: bool = True
+    ref_kl: bool = False
     """Log policy/kl to the reference model when it costs no extra weights (LoRA) or is loaded anyway."""
     progress: bool = True
     """Rich progress bar."""
@@ -202,7 +208,7 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 24
+    steps: int = 14
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -338,16 +344,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"algo.k=4"`` -> (["algo", "k"], 4). The value is a YAML scalar or flow collection."""
     if "=" not in text:
@@ -363,10 +359,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def _nest(parts: list[str], value: Any) -> dict[str, Any]:
-    out: dict[str, Any] = value
-    for p in reversed(parts):
-        out = {p: out}
+def _set(values: dict[str, Any], parts: list[str], value: Any) -> dict[str, Any]:
+    """A copy of ``values`` with the key path ``parts`` set to ``value`` (the leaf is replaced, not merged)."""
+    out = dict(values)
+    head, rest = parts[0], parts[1:]
+    if not rest:
+        out[head] = value
+    else:
+        inner = out.get(head)
+        out[head] = _set(inner if isinstance(inner, dict) else {}, rest, value)
     return out
 
 
@@ -386,13 +387,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Defaults, then the YAML file (if any), then each dotted override, validated as a whole."""
+    """Defaults, then the YAML file (if any), then each dotted override, validated as a whole.
+
+    A YAML file sets whole fields: ``task_kwargs: {}`` in a file empties the mapping. A dotted override
+    sets one key, also inside a mapping: ``data.task_kwargs.max_digits=2`` keeps the other knobs.
+    """
     values = to_dict(TrainConfig())
-    if path is not None:
-        values = _merge(values, load_yaml(path))
+    if path is not None:  # a file replaces whole fields (a kwargs mapping in a file is the full mapping)
+        for key, value in load_yaml(path).items():
+            section = isinstance(value, dict) and isinstance(values.get(key), dict)
+            values[key] = {**values[key], **value} if section else value
     for text in overrides:
         parts, value = parse_override(text)
-        values = _merge(values, _nest(parts, value))
+        values = _set(values, parts, value)
     try:
         return _build(TrainConfig, values)
     except ConfigError as e:

@@ -20,14 +20,14 @@ import os
 from typing import Any
 
 from rlvr.data.arith import ArithSpec, arith_problems, worked_solution
-from rlvr.data.base import DataError, problems_hash, render_prompt, split_problems, verifier_for_answer
+from rlvr.data.base import DataError, problems_hash, render_prompt, split_problems, unique_prompts, verifier_for_answer
 from rlvr.data.files import file_problems
 from rlvr.data.tasks import rg_problems
 from rlvr.types import Problem
 
 __all__ = [
     "ArithSpec", "DataError", "arith_problems", "build_problems", "problems_hash", "split_problems",
-    "verifier_for_answer", "worked_solution",
+    "unique_prompts", "verifier_for_answer", "worked_solution",
 ]
 
 

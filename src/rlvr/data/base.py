@@ -50,16 +50,31 @@ def render_prompt(template: str, fields: Mapping[str, Any], where: str) -> str:
     return text
 
 
+def unique_prompts(problems: Sequence[Problem]) -> list[Problem]:
+    """The problems with duplicate prompt texts removed (first occurrence kept, order kept)."""
+    seen: set[str] = set()
+    out = []
+    for p in problems:
+        if p.prompt not in seen:
+            seen.add(p.prompt)
+            out.append(p)
+    return out
+
+
 def split_problems(problems: Sequence[Problem], *, eval_size: int, seed: int) -> tuple[list[Problem], list[Problem]]:
     """Split into (train, eval) with ``eval_size`` problems chosen uniformly at random by ``seed``.
 
+    Held out means held out: problems are first made unique by prompt text (the first occurrence is
+    kept), so no eval prompt also appears in training. Small generated tasks repeat prompts (two
+    one-digit terms give only 200 distinct questions).
     Deterministic: the choice uses a private ``random.Random(seed)`` and only its ``random()`` stream
     (which Python keeps stable across versions), never the global RNG. Both parts keep the input order.
     At least one problem must remain for training: ``0 <= eval_size <= len(problems) - 1``.
     """
+    problems = unique_prompts(problems)
     n = len(problems)
     if isinstance(eval_size, bool) or not isinstance(eval_size, int) or not 0 <= eval_size <= n - 1:
-        raise DataError(f"eval_size must be an int in [0, {n - 1}] for {n} problems "
+        raise DataError(f"eval_size must be an int in [0, {n - 1}] for {n} problems with distinct prompts "
                         f"(at least one stays for training), got {eval_size!r}")
     rng = random.Random(seed)
     keys = [rng.random() for _ in range(n)]
