@@ -353,7 +353,7 @@ def test_parse_int(text, value):
 # ----------------------------------------------------------------------------------------------
 
 def test_registry_names_and_lookup():
-    assert VERIFIERS.names() == ["int", "math"]
+    assert VERIFIERS.names() == ["int", "int_last", "math"]
     assert get_verifier("math") is verify_math
     assert get_verifier("int") is verify_int
     import reward_fixtures
@@ -361,7 +361,7 @@ def test_registry_names_and_lookup():
 
 
 @pytest.mark.parametrize("name, message", [
-    ("maths", "unknown verifier 'maths'; valid names: int, math"),
+    ("maths", "unknown verifier 'maths'; valid names: int, int_last, math"),
     ("no_such_module_xyz:f", "cannot import 'no_such_module_xyz:f'"),
     ("reward_fixtures:nope", "cannot import 'reward_fixtures:nope'"),
 ])
@@ -492,7 +492,7 @@ def test_pool_verifier_exceptions_raise_after_the_batch(pool, verifier, message,
 def test_pool_checks_inputs_before_running(pool):
     with pytest.raises(ValueError, match="equal lengths, got 2, 1, 1"):
         pool.score(["int", "int"], ["#### 1"], ["1"])
-    with pytest.raises(ValueError, match="unknown verifier 'nope'; valid names: int, math"):
+    with pytest.raises(ValueError, match="unknown verifier 'nope'; valid names: int, int_last, math"):
         pool.score(["int", "nope"], ["#### 1", "x"], ["1", "1"])
     with pytest.raises(ValueError, match="verify_int: gold must be an integer string"):
         pool.score(["int"], ["#### 1"], ["one"])  # raised in the worker, re-raised here

@@ -127,8 +127,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from rlvr.config import to_dict
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
+    from transformers.utils import logging as hf_logging
+
     from rlvr.trainer import train
 
+    hf_logging.set_verbosity_error()  # weight-loading bars and tokenizer notices are not the run's output
+    hf_logging.disable_progress_bar()
     try:
         train(cfg, run_dir=args.resume or args.run_dir, resume=bool(args.resume))
     except (ValueError, FileNotFoundError, FileExistsError) as e:

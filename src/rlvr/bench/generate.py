@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from rlvr.bench.advantages import _positive_int
 from rlvr.types import SamplingParams
 
 # rlvr.models / rlvr.rollout import transformers (seconds): imported where used, so `rlvr --help` stays fast.
@@ -137,16 +138,6 @@ def run(model: Any, tokenizer: Any, *, prompts: int = 8, n: int = 4, max_new_tok
 # ----------------------------------------------------------------------------------------------
 # CLI hooks: `rlvr bench generate`
 # ----------------------------------------------------------------------------------------------
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the options of ``rlvr bench generate`` to ``parser`` and return it."""

@@ -144,3 +144,19 @@ def autocast_factory(cfg: TrainConfig, device: torch.device) -> Callable[[], Abs
     if not cfg.model.autocast_bf16:
         return nullcontext
     return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
+
+
+def make_collector(cfg: TrainConfig, stream: Any, encode: Callable[[Problem], list[int]], sampler: Any, pool: Any,
+                   ref_sampler: Any, reference: Reference | None) -> Any:
+    """The step's batch maker: sampling, scoring, dynamic sampling, reference samples, advantages."""
+    from rlvr.trainer.batch import Collector, RewardSettings
+
+    r = cfg.reward
+    return Collector(
+        stream=stream, encode=encode, sampler=sampler, pool=pool, params=sampling_params(cfg),
+        group_size=cfg.rollout.group_size, prompts_per_step=cfg.rollout.prompts_per_step,
+        rewards=RewardSettings(r.format_weight, r.overlong_buffer, r.overlong_penalty),
+        advantage=cfg.algo.advantage, advantage_kwargs=dict(cfg.algo.advantage_kwargs), k=cfg.algo.k,
+        seed=cfg.seed, dynamic_sampling=cfg.rollout.dynamic_sampling,
+        max_refill_rounds=cfg.rollout.max_refill_rounds, ref_sampler=ref_sampler,
+        ref_context=reference.context if reference is not None else nullcontext)

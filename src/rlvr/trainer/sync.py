@@ -22,7 +22,7 @@ from rlvr.config import TrainConfig, dump_config
 from rlvr.eval import EvalResult, evaluate
 from rlvr.metrics import RunLog
 from rlvr.trainer import build
-from rlvr.trainer.batch import Collector, PromptStream, RewardSettings, batch_metrics
+from rlvr.trainer.batch import PromptStream, batch_metrics
 from rlvr.trainer.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from rlvr.trainer.step import UpdateSettings, update_policy
 
@@ -60,6 +60,16 @@ def _completion_rows(batch, limit: int = 8) -> list[dict[str, Any]]:
                      "reward": float(batch.scores.total[b]), "advantage": float(batch.advantages[b]),
                      "extracted": batch.scores.extracted[b], "finish": batch.rollout.finish_reasons[b]})
     return rows
+
+
+def _step_metrics(batch, upd: dict[str, float], version: int, times: tuple[float, float, float],
+                  passes: int) -> dict[str, float]:
+    """Everything logged for one step: batch statistics, update statistics, throughput."""
+    t0, t1, t2 = times
+    tokens = sum(len(p) for p in batch.rollout.prompt_ids) + int(batch.rollout.lengths.sum())
+    return {**batch_metrics(batch), **batch.metrics, **upd, "policy/version": version,
+            "perf/step_s": t2 - t0, "perf/train_s": t2 - t1,
+            "perf/train_tokens_per_s": tokens * passes / max(t2 - t1, 1e-9)}
 
 
 def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False,
@@ -102,14 +112,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
 
     with RunLog(run, tensorboard=cfg.log.tensorboard, resume_step=state.step if resume else None) as log, \
             RewardPool(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s) as pool:
-        collector = Collector(
-            stream=stream, encode=encode, sampler=sampler, pool=pool, params=build.sampling_params(cfg),
-            group_size=cfg.rollout.group_size, prompts_per_step=cfg.rollout.prompts_per_step,
-            rewards=RewardSettings(cfg.reward.format_weight, cfg.reward.overlong_buffer, cfg.reward.overlong_penalty),
-            advantage=cfg.algo.advantage, advantage_kwargs=dict(cfg.algo.advantage_kwargs), k=cfg.algo.k,
-            seed=cfg.seed, dynamic_sampling=cfg.rollout.dynamic_sampling,
-            max_refill_rounds=cfg.rollout.max_refill_rounds, ref_sampler=ref_sampler,
-            ref_context=reference.context if reference is not None else None)
+        collector = build.make_collector(cfg, stream, encode, sampler, pool, ref_sampler, reference)
 
         def run_eval(step: int) -> EvalResult:
             res = evaluate(sampler, encode, eval_problems, pool, build.eval_params(cfg), seed=cfg.seed)
@@ -142,10 +145,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
                                     log_ref_kl=log_ref_kl, autocast=autocast)
                 sampler.version += 1
                 t2 = time.perf_counter()
-                tokens = sum(len(p) for p in batch.rollout.prompt_ids) + int(batch.rollout.lengths.sum())
-                metrics = {**batch_metrics(batch), **batch.metrics, **upd, "policy/version": sampler.version,
-                           "perf/step_s": t2 - t0, "perf/train_s": t2 - t1,
-                           "perf/train_tokens_per_s": tokens * cfg.algo.num_iterations / max(t2 - t1, 1e-9)}
+                metrics = _step_metrics(batch, upd, sampler.version, (t0, t1, t2), cfg.algo.num_iterations)
                 log.log(step + 1, metrics)
                 if cfg.log.completions_every and (step + 1) % cfg.log.completions_every == 0:
                     log.completions(step + 1, _completion_rows(batch))
