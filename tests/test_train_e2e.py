@@ -105,3 +105,27 @@ def test_resume_needs_a_checkpoint_and_a_fresh_run_refuses_to_overwrite(tmp_path
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg, run_dir=tmp_path / "r")
     assert json.loads((tmp_path / "r/metrics.jsonl").read_text().splitlines()[-1])["step"] == 1
+
+
+@pytest.mark.parametrize("overrides", [
+    ["algo.advantage=aapo", "algo.loss=reinforce", "model.lora=true"],    # reference = adapters switched off
+    ["algo.advantage=aapo", "algo.loss=reinforce", "model.lora=false"],   # reference = a frozen copy
+    ["algo.kl_coef=0.1", "model.lora=false", "algo.num_iterations=2", "algo.mini_batches=2"],
+    ["rollout.dynamic_sampling=true", "rollout.max_refill_rounds=2", "algo.aggregation=token_mean"],
+    ["algo.advantage=maxpo", "algo.k=2", "log.ref_kl=true"],
+], ids=["aapo-lora", "aapo-copy", "kl-ppo-epochs", "dapo-dynamic", "maxpo-refkl"])
+def test_algorithm_paths_run_end_to_end(tmp_path, overrides):
+    from rlvr.trainer import train
+
+    cfg = load_config(None, [*TINY, "steps=2", *overrides])
+    summary = train(cfg, run_dir=tmp_path / "r")
+    rows = [r for r in read_metrics(tmp_path / "r") if "loss/policy" in r]
+    assert len(rows) == 2 and summary.eval_end is not None
+    for r in rows:
+        assert isinstance(r["loss/policy"], float) and r["train/skipped_steps"] == 0
+    if cfg.algo.advantage == "aapo":
+        assert all("reward/ref_mean" in r for r in rows)  # the reference model was sampled and scored
+    if cfg.algo.kl_coef > 0 or cfg.log.ref_kl:
+        assert all(isinstance(r["policy/kl"], float) and r["policy/kl"] >= 0 for r in rows)
+    if cfg.rollout.dynamic_sampling:
+        assert all(r["rollout/prompts_sampled"] >= 2 for r in rows)
