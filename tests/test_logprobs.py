@@ -300,3 +300,19 @@ def test_rejects_models_whose_logits_are_not_a_plain_linear_head():
     m.config.final_logit_softcapping = 30.0
     with pytest.raises(ValueError, match="final_logit_softcapping=30.0"):
         completion_logprobs(m, [[1]], torch.zeros(1, 1, dtype=torch.long), torch.tensor([1]))
+
+
+def test_training_forward_uses_the_gqa_attention_and_restores_sdpa():
+    from rlvr.attention import GQA_SDPA
+    from rlvr.logprobs import completion_logprobs
+    from rlvr.models import tiny_random
+
+    model, _ = tiny_random(0)
+    assert model.config._attn_implementation == "sdpa"
+    seen = []
+    layer = model.model.layers[0].self_attn
+    h = layer.register_forward_pre_hook(lambda mod, args: seen.append(mod.config._attn_implementation))
+    lp, _ = completion_logprobs(model, [[1, 5, 6], [1, 7]], torch.tensor([[8, 9], [10, 2]]), torch.tensor([2, 1]))
+    lp.sum().backward()
+    h.remove()
+    assert seen == [GQA_SDPA] and model.config._attn_implementation == "sdpa"

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from rlvr.attention import gqa_attention
+
 _UNSUPPORTED_HEAD_CONFIG = {"final_logit_softcapping": (None,), "logit_scale": (None, 1, 1.0),
                             "logits_scaling": (None, 1, 1.0)}
 """Config attributes that change logits after the linear head; the chunked head only does ``h·Wᵀ + b``."""
@@ -157,7 +159,8 @@ def completion_logprobs(model: Any, prompt_ids: list[list[int]], completion_ids:
     lengths = lengths.to(device)
     completion_ids = completion_ids.to(device)
     input_ids, attention_mask, prompt_lens = _pack_rows(prompt_ids, completion_ids, lengths, device)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    with gqa_attention(decoder):
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
     t = torch.arange(T, device=device)
     rows, cols = (t[None, :] < lengths[:, None]).nonzero(as_tuple=True)      # [N] each, row-major

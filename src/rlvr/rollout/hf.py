@@ -43,9 +43,11 @@ import numbers
 from typing import Any, Iterator, Sequence
 
 import torch
-from transformers import AttentionInterface, DynamicCache
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers import DynamicCache
+
+from rlvr.attention import GQA_SDPA
+from rlvr.attention import gqa_attention as _gqa_attention
+from rlvr.attention import sdpa_gqa_attention as _sdpa_gqa_attention  # noqa: F401  (tests compare it with HF's)
 
 from rlvr.types import Rollout, SamplingParams
 
@@ -286,50 +288,6 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for module, flag in flags:
             module.training = flag
-
-
-GQA_SDPA = "rlvr_sdpa_gqa"
-"""Attention implementation used while decoding models that run HF "sdpa": registered with transformers' own
-AttentionInterface / AttentionMaskInterface (same masks as "sdpa")."""
-
-
-def _sdpa_gqa_attention(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor,
-                        attention_mask: Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                        is_causal: bool | None = None, **kwargs: Any) -> tuple[Tensor, None]:
-    """HF's sdpa attention, but grouped-query heads share K/V inside the kernel (``enable_gqa``).
-
-    query [b, h, q, d], key/value [b, kv, L, d] -> ([b, q, h, d], None). HF's "sdpa" path copies K and V to all
-    h query heads (``repeat_kv``) whenever a mask is given, which left padding always needs; on a CPU that made
-    attention ~10x slower per decode step for SmolLM2 (3 KV heads for 9 query heads), with bit-identical
-    results. Anything unusual (attention sinks, position bias, dropout) goes to HF's own function.
-    """
-    if dropout or kwargs.get("position_bias") is not None or kwargs.get("s_aux") is not None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
-    causal = attention_mask is None and query.shape[2] > 1 and bool(
-        is_causal if is_causal is not None else getattr(module, "is_causal", True))
-    out = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=attention_mask, is_causal=causal, scale=scaling,
-        enable_gqa=query.shape[1] != key.shape[1])
-    return out.transpose(1, 2).contiguous(), None
-
-
-AttentionInterface.register(GQA_SDPA, _sdpa_gqa_attention)
-AttentionMaskInterface.register(GQA_SDPA, sdpa_mask)
-
-
-@contextlib.contextmanager
-def _gqa_attention(model: Any) -> Iterator[None]:
-    """Inside: a model that uses HF "sdpa" attention uses ``_sdpa_gqa_attention`` instead; restored after."""
-    config = getattr(model, "config", None)
-    if getattr(config, "_attn_implementation", None) != "sdpa":
-        yield
-        return
-    config._attn_implementation = GQA_SDPA
-    try:
-        yield
-    finally:
-        config._attn_implementation = "sdpa"
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
