@@ -72,25 +72,34 @@ def _step_metrics(batch, upd: dict[str, float], version: int, times: tuple[float
             "perf/train_tokens_per_s": tokens * passes / max(t2 - t1, 1e-9)}
 
 
-def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False,
-          console: Any = None) -> RunSummary:
-    """Run (or, with ``resume``, continue) training; returns where the run lives and its eval accuracies."""
-    from rich.console import Console
+@dataclass
+class _Session:
+    """The objects one run works with, built from its config (and restored from a checkpoint on resume)."""
 
-    from rlvr.rewards import RewardPool
+    run: Path
+    train_problems: list
+    eval_problems: list
+    model: Any
+    reference: Any
+    optimizer: Any
+    scheduler: Any
+    state: TrainState
+    encode: Any
+    sampler: Any
+    ref_sampler: Any
+    stream: PromptStream
+
+
+def _open(cfg: TrainConfig, run: Path, resume: bool, console: Any) -> _Session:
     from rlvr.rollout import HFSampler
 
-    console = console or Console()
-    t_start = time.perf_counter()
     build.check_algorithm(cfg)
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
-    run = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     if not resume and (run / "metrics.jsonl").exists():
         raise FileExistsError(f"run directory {run} already holds a run; use --resume to continue it")
     train_problems, eval_problems = build.build_problems(cfg)
-    device = build.resolve_device(cfg.model.device)
-    model, tokenizer = build.load_policy(cfg, device)
+    model, tokenizer = build.load_policy(cfg, build.resolve_device(cfg.model.device))
     reference = build.build_reference(cfg, model)
     optimizer, scheduler = build.build_optimizer(cfg, model)
     state = TrainState(step=0, data_position=0, policy_version=0)
@@ -99,66 +108,77 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         console.print(f"resuming {run} from step {state.step}")
     run.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run / "config.yaml")
-    encode = build.make_encoder(tokenizer, cfg.model.system_prompt)
     sampler = HFSampler(model, tokenizer, max_batch_size=cfg.rollout.max_batch_size)
     sampler.version = state.policy_version
     ref_sampler = HFSampler(reference.model, tokenizer, max_batch_size=cfg.rollout.max_batch_size) \
         if reference is not None else None
-    stream = PromptStream(train_problems, cfg.seed, position=state.data_position)
-    autocast = build.autocast_factory(cfg, device)
-    settings = _update_settings(cfg)
-    log_ref_kl = cfg.log.ref_kl and reference is not None
-    from rlvr.data import problems_hash
+    return _Session(run, train_problems, eval_problems, model, reference, optimizer, scheduler, state,
+                    build.make_encoder(tokenizer, cfg.model.system_prompt), sampler, ref_sampler,
+                    PromptStream(train_problems, cfg.seed, position=state.data_position))
 
-    with RunLog(run, tensorboard=cfg.log.tensorboard, resume_step=state.step if resume else None) as log, \
+
+def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False,
+          console: Any = None) -> RunSummary:
+    """Run (or, with ``resume``, continue) training; returns where the run lives and its eval accuracies."""
+    from rich.console import Console
+
+    from rlvr.data import problems_hash
+    from rlvr.rewards import RewardPool
+
+    console = console or Console()
+    t_start = time.perf_counter()
+    run = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    ses = _open(cfg, run, resume, console)
+    settings = _update_settings(cfg)
+    reference = ses.reference.context if ses.reference is not None else None
+    autocast = build.autocast_factory(cfg, next(ses.model.parameters()).device)
+    extras, eval_end = dict(ses.state.extras), None
+    with RunLog(run, tensorboard=cfg.log.tensorboard, resume_step=ses.state.step if resume else None) as log, \
             RewardPool(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s) as pool:
-        collector = build.make_collector(cfg, stream, encode, sampler, pool, ref_sampler, reference)
+        collector = build.make_collector(cfg, ses.stream, ses.encode, ses.sampler, pool, ses.ref_sampler,
+                                         ses.reference)
 
         def run_eval(step: int) -> EvalResult:
-            res = evaluate(sampler, encode, eval_problems, pool, build.eval_params(cfg), seed=cfg.seed)
+            res = evaluate(ses.sampler, ses.encode, ses.eval_problems, pool, build.eval_params(cfg), seed=cfg.seed)
             log.log(step, {**res.metrics(), "eval/problems": res.n_problems})
             log.completions(step, [{"eval": True, **r} for r in res.rows[:8]])
             return res
 
-        extras = dict(state.extras)
         if not resume:
-            eval_hash = problems_hash(eval_problems)
-            extras = {"eval_hash": eval_hash, "eval_start": None}
-            console.print(f"run dir {run}; {len(train_problems)} train / {len(eval_problems)} eval problems "
-                          f"(eval set hash {eval_hash})")
-            log.log(0, {"data/train_problems": len(train_problems), "data/eval_problems": len(eval_problems)})
+            extras = {"eval_hash": problems_hash(ses.eval_problems), "eval_start": None}
+            console.print(f"run dir {run}; {len(ses.train_problems)} train / {len(ses.eval_problems)} eval "
+                          f"problems (eval set hash {extras['eval_hash']})")
+            log.log(0, {"data/train_problems": len(ses.train_problems),
+                        "data/eval_problems": len(ses.eval_problems)})
             if cfg.eval.at_start:
                 res = run_eval(0)
                 extras["eval_start"] = res.accuracy
                 console.print(f"held-out accuracy at start: {res.accuracy:.3f} ({res.n_problems} problems, "
                               f"{res.seconds:.0f} s)")
-        eval_end = None
         with _progress(console, cfg) as progress:
-            task = progress.add_task("train", total=cfg.steps, completed=state.step, reward=float("nan"),
+            task = progress.add_task("train", total=cfg.steps, completed=ses.state.step, reward=float("nan"),
                                      acc=float("nan"))
-            for step in range(state.step, cfg.steps):
+            for step in range(ses.state.step, cfg.steps):
                 t0 = time.perf_counter()
                 batch = collector.collect(step)
                 t1 = time.perf_counter()
-                upd = update_policy(model, optimizer, scheduler, batch, settings, step=step,
-                                    reference=reference.context if reference is not None else None,
-                                    log_ref_kl=log_ref_kl, autocast=autocast)
-                sampler.version += 1
-                t2 = time.perf_counter()
-                metrics = _step_metrics(batch, upd, sampler.version, (t0, t1, t2), cfg.algo.num_iterations)
+                upd = update_policy(ses.model, ses.optimizer, ses.scheduler, batch, settings, step=step,
+                                    reference=reference, log_ref_kl=cfg.log.ref_kl and reference is not None,
+                                    autocast=autocast)
+                ses.sampler.version += 1
+                metrics = _step_metrics(batch, upd, ses.sampler.version, (t0, t1, time.perf_counter()),
+                                        cfg.algo.num_iterations)
                 log.log(step + 1, metrics)
                 if cfg.log.completions_every and (step + 1) % cfg.log.completions_every == 0:
                     log.completions(step + 1, _completion_rows(batch))
                 last = step + 1 == cfg.steps
-                if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and not last:
-                    run_eval(step + 1)
-                if last:
+                if last or (cfg.eval.every and (step + 1) % cfg.eval.every == 0):
                     res = run_eval(step + 1)
-                    eval_end = res.accuracy
-                    extras["eval_end"] = res.accuracy
+                    if last:
+                        eval_end = extras["eval_end"] = res.accuracy
                 if last or (cfg.log.checkpoint_every and (step + 1) % cfg.log.checkpoint_every == 0):
-                    save_checkpoint(run / "checkpoints", model, optimizer, scheduler,
-                                    TrainState(step + 1, stream.position, sampler.version, extras),
+                    save_checkpoint(run / "checkpoints", ses.model, ses.optimizer, ses.scheduler,
+                                    TrainState(step + 1, ses.stream.position, ses.sampler.version, extras),
                                     keep=cfg.log.keep_checkpoints)
                 progress.update(task, advance=1, reward=metrics["reward/mean"], acc=metrics["reward/accuracy"])
     start = extras.get("eval_start")
