@@ -172,3 +172,15 @@ def test_sampling_seed_depends_on_step_only():
     c2 = _collector(lambda i, j, s: (seen.append(s), "x")[1])
     c2.collect(step=1)
     assert seen[0] != seen[8] and seen[8] == seen[16]
+
+
+def test_every_layer_imports_on_its_own():
+    """Each module imports first in a fresh interpreter (no cycle hides behind import order)."""
+    import subprocess
+    import sys
+
+    mods = ["rlvr.eval", "rlvr.trainer.batch", "rlvr.rewards.scoring", "rlvr.trainer.step", "rlvr.trainer"]
+    code = "import importlib, sys; importlib.import_module(sys.argv[1])"
+    for m in mods:
+        res = subprocess.run([sys.executable, "-c", code, m], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, (m, res.stderr[-1500:])

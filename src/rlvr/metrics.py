@@ -1,4 +1,4 @@
-"""Metrics: masked reductions for per-token statistics, and the one sink that writes a run's logs.
+"""Metrics: the one sink that writes a run's logs.
 
 Functions elsewhere *return* metric dicts with namespaced keys (``reward/``, ``adv/``, ``loss/``,
 ``policy/``, ``response/``, ``perf/``, ``eval/``); ``RunLog`` writes them: ``metrics.jsonl`` (one JSON
@@ -12,15 +12,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean of ``x`` over positions where ``mask`` is True (a [B] stat uses rows with any valid token)."""
-    m = mask if x.shape == mask.shape else mask.any(-1)
-    n = int(m.sum())
-    if n == 0:
-        return float("nan")
-    return float(torch.where(m, x.detach().double(), 0.0).sum() / n)
 
 
 def _jsonable(v: Any) -> Any:

@@ -1,6 +1,6 @@
 """Held-out evaluation: sample each eval problem, score it with the same verifier as training.
 
-Reward and eval share one code path (``rlvr.trainer.batch.score``), so the training signal and the
+Reward and eval share one code path (``rlvr.rewards.scoring.score``), so the training signal and the
 reported accuracy cannot diverge. ``accuracy`` is the mean verifier score (the format and overlong
 terms are not part of it); with n > 1 samples per problem it is mean@n.
 """
@@ -10,7 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from rlvr.trainer.batch import RewardSettings, derive_seed, score
+from rlvr.rewards.scoring import RewardSettings, score
+from rlvr.seeding import derive_seed
 from rlvr.types import Problem, SamplingParams
 
 

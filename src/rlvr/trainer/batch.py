@@ -6,7 +6,6 @@ the same prompts; one that ``takes_k`` gets ``algo.k``. The loop never looks at 
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -15,14 +14,12 @@ from typing import Any, Callable, Sequence
 import torch
 
 from rlvr import advantages
-from rlvr.rewards.shaping import overlong_penalty
+from rlvr.rewards.scoring import RewardSettings, Scores, score
+from rlvr.seeding import derive_seed
 from rlvr.types import Problem, Rollout, SamplingParams
 
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed that is a pure function of ``parts`` (e.g. run seed, "rollout", step, round)."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+__all__ = ["Batch", "Collector", "PromptStream", "RewardSettings", "Scores", "batch_metrics", "derive_seed",
+           "score"]
 
 
 class PromptStream:
@@ -34,10 +31,13 @@ class PromptStream:
         self.problems = list(problems)
         self.seed = seed
         self.position = position
+        self._epoch, self._perm = -1, []
 
     def _order(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch))
-        return torch.randperm(len(self.problems), generator=g).tolist()
+        if epoch != self._epoch:  # one permutation per epoch, drawn when the epoch starts
+            g = torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch))
+            self._epoch, self._perm = epoch, torch.randperm(len(self.problems), generator=g).tolist()
+        return self._perm
 
     def take(self, n: int) -> list[Problem]:
         out = []
@@ -46,41 +46,6 @@ class PromptStream:
             out.append(self.problems[self._order(epoch)[i]])
             self.position += 1
         return out
-
-
-@dataclass
-class Scores:
-    """Per-completion reward components, float64 [B]; ``total`` is what the advantage sees."""
-
-    total: torch.Tensor
-    accuracy: torch.Tensor
-    format: torch.Tensor
-    overlong: torch.Tensor
-    reasons: list[str]
-    extracted: list[str | None]
-
-
-@dataclass
-class RewardSettings:
-    format_weight: float = 0.0
-    overlong_buffer: int = 0
-    overlong_penalty: float = 1.0
-
-
-def score(pool: Any, problems: Sequence[Problem], rollout: Rollout, n: int, settings: RewardSettings,
-          max_new_tokens: int) -> Scores:
-    """Verify each completion against its problem's gold answer and add the shaping terms."""
-    from rlvr.rewards import format_score
-
-    rows = [p for p in problems for _ in range(n)]
-    results = pool.score([p.verifier for p in rows], rollout.texts, [p.answer for p in rows])
-    acc = torch.tensor([r.score for r in results], dtype=torch.float64)
-    fmt = torch.tensor([format_score(t) for t in rollout.texts], dtype=torch.float64)
-    over = overlong_penalty(rollout.lengths.cpu(), max_tokens=max_new_tokens, buffer=settings.overlong_buffer,
-                            factor=settings.overlong_penalty)
-    total = acc + settings.format_weight * fmt + over
-    return Scores(total=total, accuracy=acc, format=fmt, overlong=over, reasons=[r.reason for r in results],
-                  extracted=[r.extracted for r in results])
 
 
 @dataclass
