@@ -107,7 +107,9 @@ def test_run_tiny():
     rows = bench.run(P=4, groups=(4, 8), k=2, repeats=1)
     assert torch.get_num_threads() == threads                        # restored
     labels = {r["estimator"] for r in rows}
-    expected = (set(adv.names()) - {"pkpo"}) | {f"pkpo[{b}]" for b in bench.PKPO_BASELINES}
+    token_level = {n for n in adv.names() if adv.spec(n).needs_values}        # gae: needs values [B, T]
+    assert "gae" in token_level
+    expected = (set(adv.names()) - {"pkpo"} - token_level) | {f"pkpo[{b}]" for b in bench.PKPO_BASELINES}
     assert labels == expected
     assert len(rows) == 2 * len(expected)
     for row in rows:

@@ -543,7 +543,9 @@ def test_pool_leaves_no_processes_after_close():
         seen |= set(p.worker_pids())
         p.score(["reward_fixtures:exit_hard", "reward_fixtures:sleep_forever"], ["die", "hang"], ["1", "1"])
         seen |= set(p.worker_pids())
-        assert len(seen) == 4  # two replaced workers
+        # Two workers were replaced; when one worker met both bad items in turn, its first replacement
+        # came and went between the two pid snapshots, so only three pids may have been seen.
+        assert p.restarts == 2 and len(seen) >= 3
         assert p.score(["int"], ["#### 1"], ["1"])[0].score == 1.0
     deadline = time.monotonic() + 2.0
     while not all(_gone(pid) for pid in seen) and time.monotonic() < deadline:

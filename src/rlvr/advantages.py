@@ -5,6 +5,13 @@ prompt p. Hyperparameters are keyword-only. Every estimator computes in float64 
 input's dtype; bad input (wrong rank, non-float, NaN/inf, a group too small for the estimator)
 raises ValueError naming the problem. Nothing is broadcast silently.
 
+Token-level estimators (``spec(name).needs_values``, PPO's ``gae``) are the exception: they also
+take the critic's ``values`` [B, T] and the ``loss_mask`` [B, T] (bool, True on response tokens,
+B = P·G rows in prompt-major order: rows p·G .. p·G+G−1 belong to prompt p) and return the pair
+``(advantages [B, T], returns [B, T])``, 0 at masked positions. Values at masked positions are never
+read: they may be padding garbage, even NaN. Their building blocks ``token_rewards``,
+``gae_advantages`` and ``masked_whiten`` are public and unregistered.
+
 Max@k notation (one group of n = G rewards g_1..g_n, 1 <= k <= n; all means over subsets S of the
 group's indices with |S| = k):
     U    = mean_{S}         max_S g      the unbiased max@k estimate (a U-statistic)
@@ -36,6 +43,7 @@ __all__ = [
     "AdvantageSpec", "register", "get", "spec", "names",
     "grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "gpg", "aapo", "pkpo", "maxpo", "passk_training",
     "include_one", "leave_one_out", "max_at_k",
+    "gae", "token_rewards", "gae_advantages", "masked_whiten",
 ]
 
 
@@ -53,6 +61,12 @@ class AdvantageSpec:
     centred: each row of the output sums to zero for every input (exactly, up to rounding).
     grad_scale: the factor c such that c · Σ_i A_i ∇log π(o_i) (summed over a group) is the
         estimator's intended gradient; a string because some depend on G and k (e.g. "k/G").
+    needs_values: the estimator is token-level (PPO-style). Besides rewards [P, G] it takes the
+        keyword arguments ``values`` Float[B, T] (the critic's V(s_t) at each response position,
+        from the data-collection pass), ``loss_mask`` Bool[B, T] and optionally ``kl`` Float[B, T]
+        with ``kl_coef`` (KL in the reward), and returns the tuple ``(advantages [B, T],
+        returns [B, T])``, B = P·G prompt-major. A trainer must then build a value model and train
+        it on ``returns`` (``rlvr.losses.value_loss``).
     """
 
     name: str
@@ -61,6 +75,7 @@ class AdvantageSpec:
     takes_k: bool = False
     centred: bool = False
     grad_scale: str = "1/G"
+    needs_values: bool = False
 
 
 _REGISTRY: Registry[AdvantageSpec] = Registry("advantage estimator", AdvantageSpec)
@@ -224,6 +239,164 @@ def max_at_k(rewards: Tensor, *, k: int) -> Tensor:
     _check_k(k, n, "max_at_k", extra=0)
     g, _ = _sort(r)
     return (_ratios(0, n - 1, k - 1, n, k) * g).sum(-1).to(rewards.dtype)     # C(m-1,k-1)/C(n,k), m=1..n
+
+
+# ----------------------------------------------------------------------------------------------
+# Token-level (PPO) building blocks (public, unregistered)
+# ----------------------------------------------------------------------------------------------
+
+def _describe(x: object) -> str:
+    if isinstance(x, Tensor):
+        return f"{x.dtype} tensor of shape {tuple(x.shape)}"
+    return type(x).__name__
+
+
+def _check_mask(loss_mask: Tensor, who: str) -> Tensor:
+    """Validate a bool [B, T] loss_mask."""
+    if not isinstance(loss_mask, Tensor) or loss_mask.dtype != torch.bool or loss_mask.dim() != 2:
+        raise ValueError(f"{who}: loss_mask must be a bool tensor [B, T] (True = response token), "
+                         f"got {_describe(loss_mask)}")
+    return loss_mask
+
+
+def _check_tokens(x: Tensor, mask: Tensor, who: str, arg: str) -> Tensor:
+    """Validate a float [B, T] tensor of the mask's shape, finite where the mask is True.
+
+    Returns a detached float64 copy with exactly 0 at masked positions (whatever was there, NaN
+    included: ``torch.where`` selects, it does not multiply).
+    """
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.shape != mask.shape:
+        raise ValueError(f"{who}: {arg} must be a float tensor of the loss_mask's shape [B, T] = "
+                         f"{tuple(mask.shape)}, got {_describe(x)}")
+    x = x.detach()
+    bad = mask & ~torch.isfinite(x)
+    if bad.any():
+        b, t = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{who}: {arg} must be finite where loss_mask is True; {arg}[{b}, {t}] = "
+                         f"{x[b, t].item()} ({int(bad.sum())} non-finite values)")
+    return torch.where(mask, x.to(_F64), torch.zeros((), dtype=_F64, device=x.device))
+
+
+def _check_unit(value: float, who: str, arg: str) -> float:
+    """A real number in [0, 1] (gamma, lam)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{who}: {arg} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _token_rewards(rewards: Tensor, mask: Tensor, kl: Tensor | None, kl_coef: float, who: str) -> Tensor:
+    """float64 [B, T] token rewards from validated float64 rewards [B] and a validated mask."""
+    if isinstance(kl_coef, bool) or not isinstance(kl_coef, (int, float)) or not 0 <= kl_coef < math.inf:
+        raise ValueError(f"{who}: kl_coef must be a finite number >= 0, got {kl_coef!r}")
+    if kl_coef > 0 and kl is None:
+        raise ValueError(f"{who}: kl_coef = {kl_coef} > 0 needs kl [B, T] (the per-token KL estimate), got None")
+    B, T = mask.shape
+    # The last valid position of each row (the last True; for a right-padded prefix mask, length − 1).
+    pos = torch.arange(T, device=mask.device)
+    last = torch.where(mask, pos, -1).amax(-1) if T else torch.full((B,), -1, device=mask.device)
+    is_last = pos == last[:, None]                                            # all False for an empty row
+    out = torch.where(is_last, rewards[:, None], torch.zeros((), dtype=_F64, device=rewards.device))
+    if kl is not None:
+        k = _check_tokens(kl, mask, who, "kl")
+        if kl_coef > 0:
+            out = out - kl_coef * k                                           # k is 0 at masked positions
+    return out
+
+
+def _gae(r: Tensor, v: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """Masked backward GAE recursion on float64 [B, T] inputs that are 0 at masked positions."""
+    B, T = mask.shape
+    adv = torch.zeros_like(v)
+    next_v = torch.zeros(B, dtype=_F64, device=v.device)   # V of the next valid position (0: terminal)
+    next_a = torch.zeros(B, dtype=_F64, device=v.device)   # Â of the next valid position
+    for t in range(T - 1, -1, -1):
+        m = mask[:, t]
+        a = r[:, t] + gamma * next_v - v[:, t] + (gamma * lam) * next_a      # δ_t + γλ Â_{t+1}
+        next_a = torch.where(m, a, next_a)                                   # masked: carry through
+        next_v = torch.where(m, v[:, t], next_v)
+        adv[:, t] = torch.where(m, a, 0.0)
+    returns = torch.where(mask, adv + v, 0.0)
+    return adv, returns
+
+
+def _whiten(x: Tensor, mask: Tensor, eps: float) -> Tensor:
+    """(x − mean)/sqrt(var + eps) over valid tokens of float64 x that is 0 at masked positions."""
+    n = int(mask.sum())
+    if n == 0:
+        return torch.zeros_like(x)
+    centred = torch.where(mask, x - x.sum() / n, 0.0)
+    if n < 2:
+        return centred
+    var = (centred * centred).sum() / (n - 1)
+    return centred / torch.sqrt(var + eps)
+
+
+def token_rewards(rewards: Tensor, loss_mask: Tensor, *, kl: Tensor | None = None,
+                  kl_coef: float = 0.0) -> Tensor:
+    """Per-token rewards of an outcome-rewarded response, with the KL penalty in the reward.   [B], [B, T] -> [B, T]
+
+    Equation: r_t = 1[t = t_last] · R − β · KL_t on valid tokens, 0 elsewhere, where t_last is the
+    row's last valid position (length − 1 for the library's right-padded masks) and β = kl_coef.
+    Paper: the KL-in-reward of RLHF with PPO (Ziegler et al. 2019, arXiv 1909.08593; Stiennon et al.
+    2020, arXiv 2009.01325), per token as in verl/OpenRLHF (ALGORITHMS.md §4.5–4.6).
+    Rows: a row with no valid token gets all zeros (its reward is not used). ``kl`` [B, T] is needed
+    when kl_coef > 0 (ValueError otherwise); given with kl_coef = 0 it is validated and ignored.
+    Values at masked positions (of kl) are never read. Float64 inside; returns rewards' dtype.
+    Example: token_rewards(torch.tensor([1.]), torch.tensor([[True, True, False]])) -> [[0., 1., 0.]].
+    """
+    who = "token_rewards"
+    mask = _check_mask(loss_mask, who)
+    if not isinstance(rewards, Tensor) or not rewards.is_floating_point() or rewards.shape != mask.shape[:1]:
+        raise ValueError(f"{who}: rewards must be a float tensor of shape [B] = {tuple(mask.shape[:1])} "
+                         f"(one per loss_mask row), got {_describe(rewards)}")
+    r = rewards.detach()
+    bad = mask.any(-1) & ~torch.isfinite(r)
+    if bad.any():
+        b = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{who}: rewards must be finite for rows with a valid token; rewards[{b}] = {r[b].item()}")
+    r = torch.where(mask.any(-1), r.to(_F64), 0.0)
+    return _token_rewards(r, mask, kl, kl_coef, who).to(rewards.dtype)
+
+
+def gae_advantages(token_rewards: Tensor, values: Tensor, loss_mask: Tensor, *, gamma: float = 1.0,
+                   lam: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation by a masked backward recursion.   [B, T] x3 -> ([B, T], [B, T])
+
+    Equation: δ_t = r_t + γ V_{t+1} − V_t,  Â_t = Σ_{l>=0} (γλ)^l δ_{t+l} = δ_t + γλ Â_{t+1},
+    returns R_t = Â_t + V_t; over each row's valid tokens, with V = 0 and Â = 0 after the last valid
+    token (the response ends there: terminal state).
+    Paper: Schulman et al. 2015, arXiv 1506.02438, Eq. 16; PPO's truncated form, arXiv 1707.06347, Eqs. 11–12.
+    Masks: values and rewards at masked positions are never read (they may be NaN); a masked
+    position inside a row (a hole) is skipped, as if it were not there. Outputs are exactly 0 at
+    masked positions. Special cases: γ = λ = 1 gives Â_t = Σ_{s>=t} r_s − V_t; λ = 0 gives δ_t.
+    Requires 0 <= γ <= 1 and 0 <= λ <= 1. Float64 inside, no gradient; returns values' dtype.
+    Example: r = [[0, 1]], V = [[0.5, 0.25]], γ = λ = 1 -> Â = [[0.5, 0.75]], R = [[1, 1]].
+    """
+    who = "gae_advantages"
+    mask = _check_mask(loss_mask, who)
+    r = _check_tokens(token_rewards, mask, who, "token_rewards")
+    v = _check_tokens(values, mask, who, "values")
+    adv, ret = _gae(r, v, mask, _check_unit(gamma, who, "gamma"), _check_unit(lam, who, "lam"))
+    return adv.to(values.dtype), ret.to(values.dtype)
+
+
+def masked_whiten(x: Tensor, loss_mask: Tensor, *, eps: float = 1e-8) -> Tensor:
+    """Whiten over the valid tokens of the whole batch.   [B, T] -> [B, T]
+
+    Equation: (x − μ)/sqrt(σ² + ε), μ and σ² the mean and the unbiased (Bessel) variance of x over
+    the positions where loss_mask is True; exactly 0 at masked positions, which are never read.
+    Paper: the advantage whitening of PPO implementations (verl/OpenRLHF ``masked_whiten``;
+    ALGORITHMS.md §4.6). Deviations: with fewer than 2 valid tokens the variance is undefined and
+    x − μ is returned (0 at the single valid token; all zeros with none). Float64 inside, no
+    gradient; returns x's dtype.
+    Example: masked_whiten(torch.tensor([[1., 3., 9.]]), torch.tensor([[True, True, False]]))
+    -> [[−0.7071, 0.7071, 0.]] (μ = 2, σ² = 2).
+    """
+    who = "masked_whiten"
+    mask = _check_mask(loss_mask, who)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < math.inf:
+        raise ValueError(f"{who}: eps must be a finite number >= 0, got {eps!r}")
+    return _whiten(_check_tokens(x, mask, who, "x"), mask, float(eps)).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -454,3 +627,42 @@ def passk_training(rewards: Tensor, *, k: int, eps: float = 1e-6) -> Tensor:
     neg = (1.0 - pass_k - _ratios(-1, n - 1, k - 1, n - 1, k - 1)[n - c]) / (sigma + eps)  # C(n−c−1,k−1)/C(n−1,k−1)
     out = torch.where(r == 1, pos, neg)
     return torch.where(sigma == 0, torch.zeros_like(out), out).to(rewards.dtype)
+
+
+@register("gae", needs_values=True, centred=False, grad_scale="per token (whitened GAE)")
+def gae(rewards: Tensor, *, values: Tensor, loss_mask: Tensor, gamma: float = 1.0, lam: float = 1.0,
+        kl: Tensor | None = None, kl_coef: float = 0.0, whiten: bool = True) -> tuple[Tensor, Tensor]:
+    """PPO's generalised advantage estimation over response tokens.   [P, G] -> ([B, T], [B, T]), B = P·G
+
+    Token-level: rewards [P, G] are flattened prompt-major to one outcome reward per response
+    (row b = p·G + g of ``values`` and ``loss_mask``), turned into token rewards
+    r_t = 1[t = last] R − β KL_t (``token_rewards``, β = kl_coef) and fed to the masked GAE
+    recursion with the critic's values V [B, T] (``gae_advantages``):
+      δ_t = r_t + γ V_{t+1} − V_t,  Â_t = Σ_l (γλ)^l δ_{t+l},  V = 0 after the last valid token.
+    Returns (advantages, returns): advantages = Â whitened over the batch's valid tokens
+    (``masked_whiten``) when ``whiten``, else Â; returns = Â + V, never whitened (the value
+    model's target). Both [B, T], 0 at masked positions, in the values' dtype, no gradient.
+    Paper: Schulman et al. 2015, arXiv 1506.02438, Eq. 16; PPO, arXiv 1707.06347; defaults γ = λ = 1
+    as in verl (ALGORITHMS.md §4.6). Not group-based: G only fixes the row order.
+    Deviations: values/rewards/kl at masked positions are never read (NaN there is harmless).
+    Example: gae(torch.tensor([[1.]]), values=torch.tensor([[0.5, 0.25]]),
+    loss_mask=torch.tensor([[True, True]]), whiten=False) -> ([[0.5, 0.75]], [[1., 1.]]).
+    """
+    who = "gae"
+    r = _check_rewards(rewards, who)
+    mask = _check_mask(loss_mask, who)
+    if not isinstance(values, Tensor) or not values.is_floating_point() or values.dim() != 2:
+        raise ValueError(f"{who}: values must be a float tensor [B, T], got {_describe(values)}")
+    B = r.numel()
+    if values.shape[0] != B:
+        raise ValueError(f"{who}: rewards of shape [P, G] = {tuple(rewards.shape)} give B = P·G = {B} responses, "
+                         f"but values has shape {tuple(values.shape)}: expected [B, T] = [{B}, T]")
+    if mask.shape != values.shape:
+        raise ValueError(f"{who}: loss_mask has shape {tuple(mask.shape)}, values has {tuple(values.shape)}: "
+                         "they must match")
+    v = _check_tokens(values, mask, who, "values")
+    tok = _token_rewards(torch.where(mask.any(-1), r.reshape(-1), 0.0), mask, kl, kl_coef, who)
+    adv, ret = _gae(tok, v, mask, _check_unit(gamma, who, "gamma"), _check_unit(lam, who, "lam"))
+    if whiten:
+        adv = _whiten(adv, mask, 1e-8)
+    return adv.to(values.dtype), ret.to(values.dtype)

@@ -46,15 +46,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     console = Console()
     specs = [advantages.spec(n) for n in advantages.names()]
-    console.print(table("advantage estimators (rlvr.advantages)", ("name", "ref samples", "k", "centred", "summary"),
-                        [(s.name, yes(s.needs_reference_samples), yes(s.takes_k), yes(s.centred), first_line(s.fn))
-                         for s in specs]))
+    console.print(table("advantage estimators (rlvr.advantages)",
+                        ("name", "ref samples", "k", "values", "centred", "summary"),
+                        [(s.name, yes(s.needs_reference_samples), yes(s.takes_k), yes(s.needs_values), yes(s.centred),
+                          first_line(s.fn)) for s in specs]))
     specs = [losses.spec(n) for n in losses.names()]
     console.print(table("policy losses (rlvr.losses)", ("name", "old lp", "behav lp", "aggregation", "summary"),
                         [(s.name, yes(s.needs_old_logprobs), yes(s.needs_behavior_logprobs), s.default_aggregation,
                           first_line(s.fn)) for s in specs]))
-    console.print("ref samples: needs rewards of reference-model samples; k: takes the max@k order; centred: rows sum"
-                  " to 0. old lp / behav lp: needs π_old / behaviour log-probs.")
+    console.print("ref samples: needs rewards of reference-model samples; k: takes the max@k order; values: needs a "
+                  "value model (critic) and gives per-token advantages; centred: rows sum to 0. old lp / behav lp: "
+                  "needs π_old / behaviour log-probs.")
     console.print(f"aggregation modes: {', '.join(losses.AGGREGATIONS)}")
     console.print(f"KL estimators: {', '.join(kl.names())}")
     return 0
@@ -187,6 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", help="output directory (default RUN_DIR/plots)")
     p.set_defaults(func=_cmd_plot)
+
+    from rlvr.eval import command as eval_command
+
+    p = sub.add_parser("eval", help="evaluate a model, run or checkpoint: pass@k, maj@k, mean@n with 95%% CIs",
+                       description=eval_command.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    eval_command.add_arguments(p)
+    p.set_defaults(func=eval_command.command)
+
+    from rlvr import compare
+
+    p = sub.add_parser("compare", help="compare runs: final/best metrics, steps to a threshold, seeds pooled with "
+                                       "95%% t-intervals, overlaid curves",
+                       description=compare.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    compare.add_arguments(p)
+    p.set_defaults(func=compare.command)
 
     bench = sub.add_parser("bench", help="benchmarks (figures printed, not asserted)")
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)

@@ -153,13 +153,35 @@ class AlgoConfig:
     """Optimiser steps per pass over a batch."""
     micro_batch_size: int = 16
     """Sequences per forward/backward (gradient accumulation inside a mini-batch)."""
+    reward_kl_coef: float = 0.0
+    """β of a per-token KL penalty inside the reward, −β·(log π_old − log π_ref) at every token, for
+    token-level estimators (gae); 0 = off."""
 
     def __post_init__(self) -> None:
         _positive(self, "num_iterations", "mini_batches", "micro_batch_size")
         if self.kl_coef < 0:
             raise ConfigError(f"algo.kl_coef must be >= 0, got {self.kl_coef}")
+        if self.reward_kl_coef < 0:
+            raise ConfigError(f"algo.reward_kl_coef must be >= 0, got {self.reward_kl_coef}")
         if self.k is not None and self.k < 1:
             raise ConfigError(f"algo.k must be >= 1, got {self.k}")
+
+
+@dataclass(frozen=True)
+class CriticConfig:
+    """The value model, built only for estimators that need values (gae); see rlvr.value."""
+
+    lr: float = 1e-3
+    """The critic's own AdamW learning rate, constant (no warmup, no schedule); betas and weight decay as optim."""
+    value_clip: float = 0.5
+    """ε_v of the clipped value loss (0 = no clipping)."""
+    lora: bool | None = None
+    """Train LoRA adapters on the critic's backbone (None: as model.lora); the head is always trained."""
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0 or self.value_clip < 0:
+            raise ConfigError(f"critic: need lr > 0 and value_clip >= 0, got lr={self.lr}, "
+                              f"value_clip={self.value_clip}")
 
 
 @dataclass(frozen=True)
@@ -185,9 +207,20 @@ class EvalConfig:
     """Evaluate every N steps as well (0: only at the start and the end)."""
     temperature: float = 0.0
     """0 = greedy."""
+    n: int = 1
+    """Samples per held-out problem; n > 1 (with temperature > 0) adds pass@k and maj@k for k = 1, 2, 4, .., n."""
     max_new_tokens: int | None = None
     """None: rollout.max_new_tokens."""
     at_start: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self, "n")
+        if self.every < 0 or self.temperature < 0:
+            raise ConfigError(f"eval: need every >= 0 and temperature >= 0, got every={self.every}, "
+                              f"temperature={self.temperature}")
+        if self.n > 1 and self.temperature == 0:
+            raise ConfigError(f"eval.n={self.n} samples per problem need eval.temperature > 0 (greedy samples "
+                              "are all the same)")
 
 
 @dataclass(frozen=True)
@@ -215,6 +248,7 @@ class TrainConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -250,7 +284,7 @@ def _positive(obj: object, *names: str) -> None:
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig, "reward": RewardConfig,
-             "algo": AlgoConfig, "optim": OptimConfig, "eval": EvalConfig, "log": LogConfig}
+             "algo": AlgoConfig, "critic": CriticConfig, "optim": OptimConfig, "eval": EvalConfig, "log": LogConfig}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -153,12 +153,12 @@ def completion_logprobs(model: Any, prompt_ids: list[list[int]], completion_ids:
     the hidden state at position len(prompt) − 1 + t predicts completion token t. Gradients flow to every
     trainable parameter; entropy carries none. Works under torch.autocast: the head is computed in fp32.
     """
-    decoder, head = _decoder_and_head(model)
+    decoder, head = decoder_and_head(model)
     device = head.weight.device
     B, T = _check_batch(prompt_ids, completion_ids, lengths)
     lengths = lengths.to(device)
     completion_ids = completion_ids.to(device)
-    input_ids, attention_mask, prompt_lens = _pack_rows(prompt_ids, completion_ids, lengths, device)
+    input_ids, attention_mask, prompt_lens = pack_rows(prompt_ids, completion_ids, lengths, device)
     with gqa_attention(decoder):
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
@@ -176,7 +176,7 @@ def completion_logprobs(model: Any, prompt_ids: list[list[int]], completion_ids:
     return logprobs, entropy
 
 
-def _decoder_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Linear]:
+def decoder_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Linear]:
     """(decoder body returning ``last_hidden_state``, linear output head) of a causal LM or PEFT model."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     get_decoder = getattr(base, "get_decoder", None)
@@ -214,7 +214,7 @@ def _check_batch(prompt_ids: list[list[int]], completion_ids: torch.Tensor, leng
     return B, T
 
 
-def _pack_rows(prompt_ids: list[list[int]], completion_ids: torch.Tensor, lengths: torch.Tensor,
+def pack_rows(prompt_ids: list[list[int]], completion_ids: torch.Tensor, lengths: torch.Tensor,
                device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded rows prompt + completion[:length]: (input_ids [B, L], attention_mask [B, L], prompt_lens [B]).
 

@@ -31,7 +31,7 @@ LossFn = Callable[..., tuple[Tensor, Stats]]
 __all__ = [
     "PolicyLossInputs", "LossSpec", "register", "get", "spec", "names",
     "ppo_clip", "reinforce", "cispo", "decoupled_ppo", "current_policy", "spo", "asympo",
-    "AGGREGATIONS", "aggregate", "loss_normalizer",
+    "AGGREGATIONS", "aggregate", "loss_normalizer", "value_loss",
 ]
 
 LOG_RATIO_CLAMP = 20.0  # |log π/π_old| is clamped here before exp (as verl does): no overflow to inf
@@ -355,6 +355,67 @@ def asympo(x: PolicyLossInputs, *, eps: float = 1e-6) -> tuple[Tensor, Stats]:
     loss, stats = _current_policy_family(x, coef[:, None])
     stats["coef"] = coef
     return loss, stats
+
+
+# ----------------------------------------------------------------------------------------------
+# Value loss (PPO's critic; not a policy loss, so not in the registry)
+# ----------------------------------------------------------------------------------------------
+
+def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, loss_mask: Tensor, *,
+               clip_eps: float | None = 0.5) -> tuple[Tensor, Stats]:
+    """PPO's clipped value loss per token.   [B, T] x4 -> [B, T]
+
+    Equation: L_t = ½ · max((V_t − R_t)², (clip(V_t, V_old,t − ε, V_old,t + ε) − R_t)²), with V the
+    value model's current predictions (with grad), V_old its predictions when the batch was made,
+    R the returns (``rlvr.advantages.gae``) and ε = ``clip_eps``; ``clip_eps=None`` gives the plain
+    ½(V − R)². Aggregate with ``aggregate(L, loss_mask, "token_mean", normalizer)``.
+    Paper: PPO, Schulman et al. 2017, arXiv 1707.06347 (the squared-error value loss of Eq. 9);
+    the pessimistic value clipping is that of the OpenAI baselines, verl and OpenRLHF
+    (ALGORITHMS.md §4.6; verl's default ε_v = 0.5).
+    Gradient: the clipped term is chosen only where it is strictly larger, i.e. where V has left
+    V_old ± ε and lies past the band on R's side (closer to R than the clipped value); there the
+    gradient is 0. Elsewhere the gradient is V − R. Masked positions contribute no value
+    and no gradient, whatever they hold (NaN included); V_old and R are treated as constants.
+    Stats (detached, [B, T], 0 at masked positions): "vf_clipped" 1.0 where the clipped term won,
+    "vf_error" V − R.
+    Example: V_old = 2, R = 0, V = 0.5, ε = 0.5 -> ½·max(0.25, 1.5²) = 1.125, ∂L/∂V = 0 (clipped).
+    """
+    who = "value_loss"
+    if not isinstance(values, Tensor) or values.dim() != 2 or not values.is_floating_point():
+        raise ValueError(f"{who}: values must be a float tensor [B, T], got {_describe(values)}")
+    mask = loss_mask
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise ValueError(f"{who}: loss_mask must be a bool tensor [B, T] (True = the token counts), "
+                         f"got {_describe(mask)}")
+    if mask.shape != values.shape:
+        raise ValueError(f"{who}: loss_mask has shape {tuple(mask.shape)}, values has {tuple(values.shape)}: "
+                         "they must match")
+    if not mask.any():
+        raise ValueError(f"{who}: loss_mask selects no token: there is nothing to train on")
+    for name, x in (("old_values", old_values), ("returns", returns)):
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.shape != values.shape:
+            raise ValueError(f"{who}: {name} must be a float tensor of shape {tuple(values.shape)}, got {_describe(x)}")
+    for name, x in (("values", values), ("old_values", old_values), ("returns", returns)):
+        bad = mask & ~torch.isfinite(x.detach())
+        if bad.any():
+            idx = tuple(int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"{who}: {name} is not finite at {list(idx)} (a position the loss_mask selects): "
+                             f"{x.detach()[idx].item()}")
+    if clip_eps is not None and (isinstance(clip_eps, bool) or not isinstance(clip_eps, (int, float))
+                                 or not 0 < clip_eps < float("inf")):
+        raise ValueError(f"{who}: clip_eps must be a finite number > 0 or None (no clipping), got {clip_eps!r}")
+    v = _valid(values, mask)
+    old = _valid(old_values.detach().to(values.dtype), mask)
+    ret = _valid(returns.detach().to(values.dtype), mask)
+    loss = 0.5 * (v - ret) ** 2
+    clipped_wins = torch.zeros_like(mask)
+    if clip_eps is not None:
+        v_clipped = torch.clamp(v, old - clip_eps, old + clip_eps)          # exactly V inside the band
+        clipped = 0.5 * (v_clipped - ret) ** 2
+        clipped_wins = mask & (clipped.detach() > loss.detach())
+        loss = torch.where(clipped_wins, clipped, loss)
+    stats = {"vf_clipped": clipped_wins.to(values.dtype), "vf_error": (v - ret).detach()}
+    return _valid(loss, mask), stats
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ Two parts:
       constructions, O(G²) work per group (the "quadratic-time implementation" of the MaxPO paper);
     - ``maxpo_enumeration`` / ``pkpo_enumeration``: brute force over all C(G, k) subsets (G <= 16).
   All take rewards [P, G] (any floating dtype), compute in float64 and return float64 [P, G].
-* ``run`` times the registry estimators at [P, G] (median of repeats after a warm-up), times the
+* ``run`` times the registry estimators at [P, G] (median of repeats after a warm-up; token-level
+  ones such as gae, which need values [B, T], are skipped), times the
   slow constructions for the maxpo and pkpo rows, and records the largest |fast − slow|;
   ``format_table`` / ``to_markdown`` render the rows; ``add_arguments`` / ``command`` are the
   argparse hooks for ``rlvr bench advantages``.
@@ -390,7 +391,11 @@ def _time_calls(fn: Callable[[], Tensor], repeats: int, budget_s: float | None =
 
 def _cases(name: str, facts: adv.AdvantageSpec, G: int, k: int) -> list[dict[str, Any]]:
     """Benchmark rows for one registered estimator at group size G: label, kwargs, k_eff, reward
-    kind, and the slow constructions (label -> callable(rewards) -> [P, G]) for maxpo/pkpo."""
+    kind, and the slow constructions (label -> callable(rewards) -> [P, G]) for maxpo/pkpo.
+    Token-level estimators (``facts.needs_values``, e.g. gae) get no row: they need values and a
+    mask [B, T], not just rewards [P, G]."""
+    if facts.needs_values:
+        return []
     if name == "pkpo":
         rows = []
         for b in PKPO_BASELINES:
@@ -436,7 +441,10 @@ def _warm_allocator(nbytes: int = 16 * 2**20) -> None:
 def run(P: int = 1024, groups: Sequence[int] = (8, 16, 64, 256), k: int = 8, repeats: int = 7,
         seed: int = 0, *, threads: int | None = None, slow_budget_s: float = 10.0, tol: float = TOL,
         strict: bool = False, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Time every registered estimator on float64 rewards [P, G] for each G in ``groups``.
+    """Time every registered rewards-only estimator on float64 rewards [P, G] for each G in ``groups``.
+
+    Token-level estimators (``spec(name).needs_values``: gae) are left out; they take values and a
+    mask [B, T] as well, and cost O(B·T), not O(P·G).
 
     Rewards ~ U(0, 1) (binary, P(1) = 0.3, for passk_training; AAPO gets U(0, 1) ref_rewards),
     drawn once per G from ``seed``. Each timing is the median of ``repeats`` calls after one

@@ -5,6 +5,8 @@
 - ``"rg:<task>"``: a reasoning-gym task (``basic_arithmetic``, ``chain_sum``, ``gsm_symbolic``, or any
   other reasoning-gym dataset name), generated offline from ``seed`` (see rlvr.data.tasks);
 - ``"arith"``: our character-friendly arithmetic task for the tiny model (see rlvr.data.arith);
+- ``"champ"``: the 270 CHAMP competition problems (see rlvr.data.champ), a small, hard eval set;
+  ``task_kwargs={"category": "Sequence"}`` keeps one category;
 - a path ending in ``.jsonl`` or ``.parquet`` (see rlvr.data.files).
 
 Verifier: ``verifier=`` wins when given. Otherwise generated problems get ``"int"`` when their gold is
@@ -21,12 +23,13 @@ from typing import Any
 
 from rlvr.data.arith import ArithSpec, arith_problems, worked_solution
 from rlvr.data.base import DataError, problems_hash, render_prompt, split_problems, unique_prompts, verifier_for_answer
+from rlvr.data.champ import champ_problems
 from rlvr.data.files import file_problems
 from rlvr.data.tasks import rg_problems
 from rlvr.types import Problem
 
 __all__ = [
-    "ArithSpec", "DataError", "arith_problems", "build_problems", "problems_hash", "split_problems",
+    "ArithSpec", "DataError", "arith_problems", "build_problems", "champ_problems", "problems_hash", "split_problems",
     "unique_prompts", "verifier_for_answer", "worked_solution",
 ]
 
@@ -36,8 +39,8 @@ def build_problems(source: str | os.PathLike[str], *, size: int | None = None, s
                    verifier: str | None = None, task_kwargs: dict[str, Any] | None = None) -> list[Problem]:
     """Problems from ``source`` (see the module docstring).
 
-    size: number of problems. Required for generated sources (rg, arith); for files None = all rows,
-        else the first ``size`` rows (every row is validated first).
+    size: number of problems. Required for generated sources (rg, arith); for files and champ None = all
+        rows, else the first ``size`` rows (every row of a file is validated first).
     seed: generation seed for rg and arith (ignored by files).
     prompt_field, answer_field: the row fields holding prompt and gold answer (files only).
     template: ``str.format`` template for the prompt; ``{prompt}`` is the prompt text. Files may also
@@ -54,6 +57,14 @@ def build_problems(source: str | os.PathLike[str], *, size: int | None = None, s
         raise DataError(f"verifier must be a non-empty string (a rewards registry name) or None, got {verifier!r}")
     if not isinstance(template, str):
         raise DataError(f"template must be a string, got {type(template).__name__}")
+    if source == "champ":
+        _check_size(size, source, required=False)
+        _check_file_options(source, prompt_field, answer_field)
+        extra = sorted(set(task_kwargs or {}) - {"category"})
+        if extra:
+            raise DataError(f"champ takes only task_kwargs 'category', got {extra}")
+        problems = champ_problems(size, category=(task_kwargs or {}).get("category"))
+        return [_finish(p, template, verifier) for p in problems]
     if source.startswith("rg:") or source == "arith":
         _check_size(size, source, required=True)
         _check_file_options(source, prompt_field, answer_field)

@@ -2,7 +2,9 @@
 
 Everything an algorithm needs beyond rewards comes from its registry entry: an estimator that
 ``needs_reference_samples`` (AAPO) gets the rewards of G samples of the frozen reference model for
-the same prompts; one that ``takes_k`` gets ``algo.k``. The loop never looks at an algorithm's name.
+the same prompts; one that ``takes_k`` gets ``algo.k``; one that ``needs_values`` (gae) gets the
+critic's V_old [B, T] (and, with a reward KL coefficient, the per-token KL to the reference) and
+returns per-token advantages and returns. The loop never looks at an algorithm's name.
 """
 from __future__ import annotations
 
@@ -55,8 +57,10 @@ class Batch:
     problems: list[Problem]
     rollout: Rollout
     scores: Scores
-    advantages: torch.Tensor  # float32 [B]
+    advantages: torch.Tensor  # float32 [B], or [B, T] for token-level estimators
     ref_scores: Scores | None = None
+    values: torch.Tensor | None = None   # float32 [B, T]: the critic's V_old (token-level estimators)
+    returns: torch.Tensor | None = None  # float32 [B, T]: the critic's regression targets
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -80,6 +84,11 @@ class Collector:
     max_refill_rounds: int = 0
     ref_sampler: Any = None
     ref_context: Callable[[], AbstractContextManager] = nullcontext
+    values_fn: Callable[[Rollout], torch.Tensor] | None = None
+    """V_old [B, T] of a rollout, for estimators that ``needs_values``."""
+    kl_fn: Callable[[Rollout], torch.Tensor] | None = None
+    """Per-token KL [B, T] to the reference, for the KL-in-reward term (with ``reward_kl_coef`` > 0)."""
+    reward_kl_coef: float = 0.0
 
     def _sample(self, problems: list[Problem], step: int, rnd: int) -> tuple[Rollout, Scores, Rollout | None,
                                                                             Scores | None, float]:
@@ -90,7 +99,7 @@ class Collector:
         gen_s = time.perf_counter() - t0
         scores = score(self.pool, problems, rollout, self.group_size, self.rewards, self.params.max_new_tokens)
         ref_rollout = ref_scores = None
-        if advantages.spec(self.advantage).needs_reference_samples:
+        if self._needs_reference():
             if self.ref_sampler is None:
                 raise ValueError(f"advantage {self.advantage!r} needs reference samples but no reference sampler "
                                  "was built")
@@ -100,6 +109,9 @@ class Collector:
             ref_scores = score(self.pool, problems, ref_rollout, self.group_size, self.rewards,
                                self.params.max_new_tokens)
         return rollout, scores, ref_rollout, ref_scores, gen_s
+
+    def _needs_reference(self) -> bool:
+        return advantages.spec(self.advantage).needs_reference_samples
 
     def collect(self, step: int) -> Batch:
         P, G = self.prompts_per_step, self.group_size
@@ -124,6 +136,7 @@ class Collector:
                 kept.append((p, i, rollout, scores, ref_scores))
         batch = self._assemble(kept[:P])
         batch.metrics.update({"rollout/prompts_sampled": sampled, "rollout/groups_dropped": dropped,
+                              "rollout/samples": sampled * G * (2 if self._needs_reference() else 1),
                               "perf/gen_s": gen_s, "perf/gen_tokens_per_s": gen_tokens / max(gen_s, 1e-9)})
         return batch
 
@@ -144,8 +157,20 @@ class Collector:
             kwargs["k"] = self.k
         if spec.needs_reference_samples:
             kwargs["ref_rewards"] = ref_scores.total.view(-1, G)
-        adv = spec.fn(scores.total.view(-1, G), **kwargs).reshape(-1).to(torch.float32)
-        return Batch(problems=problems, rollout=rollout, scores=scores, advantages=adv, ref_scores=ref_scores)
+        if not spec.needs_values:
+            adv = spec.fn(scores.total.view(-1, G), **kwargs).reshape(-1).to(torch.float32)
+            return Batch(problems=problems, rollout=rollout, scores=scores, advantages=adv, ref_scores=ref_scores)
+        if self.values_fn is None:
+            raise ValueError(f"advantage {self.advantage!r} needs values but no value model was built")
+        values = self.values_fn(rollout).to(torch.float32)
+        kwargs.update(values=values, loss_mask=rollout.loss_mask)
+        if self.reward_kl_coef > 0:
+            if self.kl_fn is None:
+                raise ValueError("a reward KL coefficient needs a reference model (kl_fn)")
+            kwargs.update(kl=self.kl_fn(rollout), kl_coef=self.reward_kl_coef)
+        adv, returns = spec.fn(scores.total.view(-1, G), **kwargs)
+        return Batch(problems=problems, rollout=rollout, scores=scores, advantages=adv.to(torch.float32),
+                     ref_scores=ref_scores, values=values, returns=returns.to(torch.float32))
 
 
 def _select_rows(rows: list[tuple[Rollout, int]]) -> Rollout:
@@ -175,13 +200,16 @@ def batch_metrics(batch: Batch) -> dict[str, float]:
     s, G = batch.scores, batch.rollout.completion_ids.shape[0] // max(len(batch.problems), 1)
     r = s.total.view(-1, G)
     lengths = batch.rollout.lengths.double()
+    adv = batch.advantages.double()
+    if adv.dim() == 2:  # per-token advantages: statistics over valid tokens
+        adv = adv[batch.rollout.loss_mask[:, :adv.shape[1]]]
     out = {
         "reward/mean": float(s.total.mean()), "reward/std": float(s.total.std()) if s.total.numel() > 1 else 0.0,
         "reward/accuracy": float(s.accuracy.mean()), "reward/format": float(s.format.mean()),
         "reward/overlong": float(s.overlong.mean()),
         "reward/frac_zero_std_groups": float((r == r[:, :1]).all(-1).double().mean()),
-        "adv/mean": float(batch.advantages.double().mean()), "adv/abs_mean": float(batch.advantages.abs().mean()),
-        "adv/frac_zero": float((batch.advantages == 0).double().mean()),
+        "adv/mean": float(adv.mean()), "adv/abs_mean": float(adv.abs().mean()),
+        "adv/frac_zero": float((adv == 0).double().mean()),
         "response/length_mean": float(lengths.mean()), "response/length_max": float(lengths.max()),
         "response/clip_frac": sum(f == "length" for f in batch.rollout.finish_reasons) / len(lengths),
     }

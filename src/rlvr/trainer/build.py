@@ -37,6 +37,9 @@ def check_algorithm(cfg: TrainConfig) -> None:
         raise ValueError(f"algo.k={cfg.algo.k} exceeds rollout.group_size={cfg.rollout.group_size}")
     if not spec.takes_k and cfg.algo.k is not None:
         raise ValueError(f"algo.k is set but advantage {cfg.algo.advantage!r} does not take k")
+    if cfg.algo.reward_kl_coef > 0 and not spec.needs_values:
+        raise ValueError(f"algo.reward_kl_coef applies to token-level estimators (those that need values, e.g. "
+                         f"gae), not to {cfg.algo.advantage!r}")
 
 
 def load_policy(cfg: TrainConfig, device: torch.device):
@@ -72,7 +75,7 @@ def build_reference(cfg: TrainConfig, model: torch.nn.Module) -> Reference | Non
     needs_samples = advantages.spec(cfg.algo.advantage).needs_reference_samples
     if cfg.model.lora:
         return Reference(model, model.disable_adapter)  # free: same weights, adapters switched off
-    if cfg.algo.kl_coef > 0 or needs_samples:
+    if cfg.algo.kl_coef > 0 or cfg.algo.reward_kl_coef > 0 or needs_samples:
         ref = copy.deepcopy(model).eval()
         for p in ref.parameters():
             p.requires_grad_(False)
@@ -146,11 +149,48 @@ def autocast_factory(cfg: TrainConfig, device: torch.device) -> Callable[[], Abs
     return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
 
 
+def build_critic(cfg: TrainConfig, device: torch.device) -> tuple[Any, torch.optim.Optimizer] | None:
+    """A value model and its optimiser when the estimator's registry entry ``needs_values``; else None.
+
+    The critic is a fresh copy of the policy's initial model with a zero-initialised scalar head
+    (rlvr.value); LoRA follows ``critic.lora`` (None: as the policy).
+    """
+    if not advantages.spec(cfg.algo.advantage).needs_values:
+        return None
+    from rlvr.models import load_model
+    from rlvr.value import build_value_model
+
+    m = cfg.model
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[m.dtype]
+    lm, _ = load_model(m.name, dtype=dtype, device=str(device), cache_dir=m.cache_dir)
+    use_lora = m.lora if cfg.critic.lora is None else cfg.critic.lora
+    torch.manual_seed(cfg.seed + 1)  # the critic's LoRA initialisation, apart from the policy's
+    lora = dict(rank=m.lora_rank, alpha=m.lora_alpha, dropout=m.lora_dropout,
+                target_modules=m.lora_target_modules) if use_lora else None
+    critic = build_value_model(lm, lora=lora)
+    params = [p for p in critic.parameters() if p.requires_grad]
+    o = cfg.optim
+    opt = torch.optim.AdamW(params, lr=cfg.critic.lr, betas=o.betas, weight_decay=o.weight_decay)
+    return critic, opt
+
+
 def make_collector(cfg: TrainConfig, stream: Any, encode: Callable[[Problem], list[int]], sampler: Any, pool: Any,
-                   ref_sampler: Any, reference: Reference | None) -> Any:
-    """The step's batch maker: sampling, scoring, dynamic sampling, reference samples, advantages."""
+                   ref_sampler: Any, reference: Reference | None, critic: Any = None, policy: Any = None) -> Any:
+    """The step's batch maker: sampling, scoring, dynamic sampling, reference samples, advantages.
+
+    critic: the value model when the estimator needs values; policy: the trained model, for the
+    KL-in-reward term (``algo.reward_kl_coef``).
+    """
+    from rlvr.trainer import critic as critic_lib
     from rlvr.trainer.batch import Collector, RewardSettings
 
+    a = cfg.algo
+    autocast = autocast_factory(cfg, next(policy.parameters()).device) if policy is not None else nullcontext
+    values_fn = partial(critic_lib.values, critic, micro_batch_size=a.micro_batch_size, autocast=autocast) \
+        if critic is not None else None
+    kl_fn = partial(critic_lib.token_kl, policy, reference.context, micro_batch_size=a.micro_batch_size,
+                    chunk_size=cfg.model.logprob_chunk_size, autocast=autocast) \
+        if a.reward_kl_coef > 0 and reference is not None and policy is not None else None
     r = cfg.reward
     return Collector(
         stream=stream, encode=encode, sampler=sampler, pool=pool, params=sampling_params(cfg),
@@ -159,4 +199,5 @@ def make_collector(cfg: TrainConfig, stream: Any, encode: Callable[[Problem], li
         advantage=cfg.algo.advantage, advantage_kwargs=dict(cfg.algo.advantage_kwargs), k=cfg.algo.k,
         seed=cfg.seed, dynamic_sampling=cfg.rollout.dynamic_sampling,
         max_refill_rounds=cfg.rollout.max_refill_rounds, ref_sampler=ref_sampler,
-        ref_context=reference.context if reference is not None else nullcontext)
+        ref_context=reference.context if reference is not None else nullcontext, values_fn=values_fn, kl_fn=kl_fn,
+        reward_kl_coef=a.reward_kl_coef)

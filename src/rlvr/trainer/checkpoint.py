@@ -4,6 +4,7 @@ Layout of ``RUN_DIR/checkpoints/step_000012/``:
   model.safetensors      trainable weights (LoRA adapters only, with LoRA)
   optimizer.safetensors  optimiser state tensors, keyed ``state/<param index>/<name>``
   rng.safetensors        torch CPU (and CUDA) generator states
+  critic.safetensors, critic_optimizer.safetensors   the value model and its optimiser (PPO with a critic)
   state.json             step, data position, policy version, scheduler, optimiser param groups, extras
 A checkpoint is written into a temporary directory and renamed into place, so a crash mid-write
 leaves the previous checkpoint intact and loadable; ``latest`` is replaced atomically last.
@@ -69,8 +70,12 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 
 
 def save_checkpoint(ckpt_root: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, state: TrainState, *, keep: int = 2) -> Path:
-    """Write ``ckpt_root/step_XXXXXX`` atomically and point ``ckpt_root/latest`` at it."""
+                    scheduler: Any, state: TrainState, *, keep: int = 2,
+                    critic: tuple[torch.nn.Module, torch.optim.Optimizer] | None = None) -> Path:
+    """Write ``ckpt_root/step_XXXXXX`` atomically and point ``ckpt_root/latest`` at it.
+
+    critic: (value model, its optimiser), saved alongside when the run has one.
+    """
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{state.step:06d}"
@@ -82,6 +87,12 @@ def save_checkpoint(ckpt_root: str | Path, model: torch.nn.Module, optimizer: to
               str(tmp / "model.safetensors"))
     opt_tensors, opt_meta = _optimizer_tensors(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    critic_meta = None
+    if critic is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainable_state_dict(critic[0]).items()},
+                  str(tmp / "critic.safetensors"))
+        critic_tensors, critic_meta = _optimizer_tensors(critic[1])
+        save_file(critic_tensors, str(tmp / "critic_optimizer.safetensors"))
     rng = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -89,7 +100,8 @@ def save_checkpoint(ckpt_root: str | Path, model: torch.nn.Module, optimizer: to
     save_file(rng, str(tmp / "rng.safetensors"))
     sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
     meta = {"format": FORMAT, "step": state.step, "data_position": state.data_position,
-            "policy_version": state.policy_version, "extras": state.extras, "scheduler": sched, "optimizer": opt_meta}
+            "policy_version": state.policy_version, "extras": state.extras, "scheduler": sched, "optimizer": opt_meta,
+            "critic_optimizer": critic_meta}
     (tmp / "state.json").write_text(json.dumps(meta, indent=1))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
@@ -126,10 +138,14 @@ def latest_checkpoint(ckpt_root: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any) -> TrainState:
-    """Restore weights, optimiser, scheduler and RNG from a checkpoint directory; return its TrainState."""
+                    scheduler: Any, *, critic: tuple[torch.nn.Module, torch.optim.Optimizer] | None = None
+                    ) -> TrainState:
+    """Restore weights, optimiser, scheduler and RNG (and the critic) from a checkpoint; return its TrainState."""
     d = Path(path)
-    for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"):
+    needed = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json")
+    if critic is not None:
+        needed += ("critic.safetensors", "critic_optimizer.safetensors")
+    for name in needed:
         if not (d / name).is_file():
             raise FileNotFoundError(f"checkpoint {d} is incomplete: {name} is missing")
     meta = json.loads((d / "state.json").read_text())
@@ -138,6 +154,11 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     device = next(model.parameters()).device
     load_trainable_state_dict(model, {k: v.to(device) for k, v in load_file(str(d / "model.safetensors")).items()})
     _load_optimizer(optimizer, load_file(str(d / "optimizer.safetensors")), meta["optimizer"])
+    if critic is not None:
+        cdev = next(critic[0].parameters()).device
+        load_trainable_state_dict(critic[0], {k: v.to(cdev) for k, v in
+                                              load_file(str(d / "critic.safetensors")).items()})
+        _load_optimizer(critic[1], load_file(str(d / "critic_optimizer.safetensors")), meta["critic_optimizer"])
     scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
     rng = load_file(str(d / "rng.safetensors"))
     torch.set_rng_state(rng["torch_cpu"])

@@ -19,6 +19,7 @@ from rlvr import kl as kl_estimators
 from rlvr import losses
 from rlvr.logprobs import completion_logprobs
 from rlvr.trainer.batch import Batch, derive_seed
+from rlvr.types import Rollout
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,8 @@ def _micro(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
     return [rows[i:i + size] for i in range(0, len(rows), size)]
 
 
-def _logprobs(model: torch.nn.Module, batch: Batch, rows: torch.Tensor, chunk: int, *, entropy: bool = False,
+def _logprobs(model: torch.nn.Module, ro: Rollout, rows: torch.Tensor, chunk: int, *, entropy: bool = False,
               autocast: Callable[[], AbstractContextManager] = nullcontext):
-    ro = batch.rollout
     lengths = ro.lengths[rows]
     T = max(int(lengths.max()), 1)
     device = next(model.parameters()).device
@@ -56,19 +56,21 @@ def _logprobs(model: torch.nn.Module, batch: Batch, rows: torch.Tensor, chunk: i
 
 
 @torch.no_grad()
-def _frozen_logprobs(model, batch: Batch, s: UpdateSettings, context, autocast) -> list[torch.Tensor]:
+def frozen_logprobs(model, ro: Rollout, micro_batch_size: int, chunk_size: int, context=nullcontext,
+                    autocast=nullcontext) -> list[torch.Tensor]:
     """Log-probs of every row, micro-batch by micro-batch, without grad; a list indexed by row."""
-    out: list[torch.Tensor] = [None] * batch.rollout.lengths.shape[0]
-    rows = torch.arange(batch.rollout.lengths.shape[0])
+    out: list[torch.Tensor] = [None] * ro.lengths.shape[0]
+    rows = torch.arange(ro.lengths.shape[0])
     with context():
-        for mb in _micro(rows, s.micro_batch_size):
-            lp, _, _ = _logprobs(model, batch, mb, s.chunk_size, autocast=autocast)
+        for mb in _micro(rows, micro_batch_size):
+            lp, _, _ = _logprobs(model, ro, mb, chunk_size, autocast=autocast)
             for j, i in enumerate(mb.tolist()):
                 out[i] = lp[j]
     return out
 
 
-def _gather(per_row: list[torch.Tensor] | None, rows: torch.Tensor, T: int) -> torch.Tensor | None:
+def gather_rows(per_row: list[torch.Tensor] | None, rows: torch.Tensor, T: int) -> torch.Tensor | None:
+    """[len(rows), T] from per-row tensors (cut or zero-padded to T); None stays None."""
     if per_row is None:
         return None
     x = torch.zeros(len(rows), T, dtype=per_row[0].dtype, device=per_row[0].device)
@@ -87,10 +89,11 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
     mode = s.aggregation or spec.default_aggregation
     B = batch.rollout.lengths.shape[0]
     updates = s.num_iterations * s.mini_batches
-    old = _frozen_logprobs(model, batch, s, nullcontext, autocast) if spec.needs_old_logprobs and updates > 1 \
-        else None
+    ro = batch.rollout
+    old = frozen_logprobs(model, ro, s.micro_batch_size, s.chunk_size, autocast=autocast) \
+        if spec.needs_old_logprobs and updates > 1 else None
     want_ref = reference is not None and (s.kl_coef > 0 or log_ref_kl)
-    ref = _frozen_logprobs(model, batch, s, reference, autocast) if want_ref else None
+    ref = frozen_logprobs(model, ro, s.micro_batch_size, s.chunk_size, reference, autocast) if want_ref else None
     kl_fn = kl_estimators.get(s.kl_estimator)
     params = [p for p in model.parameters() if p.requires_grad]
     tok_sums: dict[str, float] = {}   # token-weighted statistics, over every pass
@@ -112,14 +115,16 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
                                           max_tokens=s.max_new_tokens)
             finite, total = True, 0.0
             for mb in micro:
-                lp, ent, mask = _logprobs(model, batch, mb, s.chunk_size, entropy=True, autocast=autocast)
+                lp, ent, mask = _logprobs(model, ro, mb, s.chunk_size, entropy=True, autocast=autocast)
                 if not torch.isfinite(lp.detach()[mask]).all():
                     finite = False
                     break
                 T = mask.shape[1]
-                old_mb = _gather(old, mb, T) if old is not None else lp.detach()
-                ref_mb = _gather(ref, mb, T)
-                x = losses.PolicyLossInputs(logprobs=lp, advantages=batch.advantages[mb].to(lp.device),
+                old_mb = gather_rows(old, mb, T) if old is not None else lp.detach()
+                ref_mb = gather_rows(ref, mb, T)
+                adv = batch.advantages[mb]
+                adv = adv[:, :T] if adv.dim() == 2 else adv  # per-token advantages (gae) are [B, T_batch]
+                x = losses.PolicyLossInputs(logprobs=lp, advantages=adv.to(lp.device),
                                             loss_mask=mask, old_logprobs=old_mb, ref_logprobs=ref_mb)
                 per_token, stats = spec.fn(x, **s.loss_kwargs)
                 if ref_mb is not None:

@@ -6,7 +6,9 @@ What was simplified, and why:
 2. Held-out accuracy is measured at the start and the end (and every ``eval.every`` steps) with
    the same verifier as the reward, greedy by default.
 3. Everything an algorithm needs is read from its registry entry (``needs_reference_samples``,
-   ``takes_k``, ``needs_old_logprobs``); this file never mentions an algorithm by name.
+   ``takes_k``, ``needs_old_logprobs``, ``needs_values``); this file never mentions an algorithm by
+   name. A critic exists only when the estimator needs values (build.build_critic); then it is
+   trained after the policy on the same batch (rlvr.trainer.critic).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from rlvr.eval import EvalResult, evaluate
 from rlvr.metrics import RunLog
 from rlvr.trainer import build
 from rlvr.trainer.batch import PromptStream, batch_metrics
+from rlvr.trainer import critic as critic_lib
 from rlvr.trainer.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from rlvr.trainer.step import UpdateSettings, update_policy
 
@@ -53,11 +56,15 @@ def _update_settings(cfg: TrainConfig) -> UpdateSettings:
 
 def _completion_rows(batch, limit: int = 8) -> list[dict[str, Any]]:
     G = batch.rollout.lengths.shape[0] // len(batch.problems)
+    adv = batch.advantages
+    if adv.dim() == 2:  # per-token advantages: the row's mean over its valid tokens
+        mask = batch.rollout.loss_mask[:, :adv.shape[1]]
+        adv = torch.where(mask, adv, 0).sum(-1) / mask.sum(-1).clamp_min(1)
     rows = []
     for b in range(min(limit, batch.rollout.lengths.shape[0])):
         p = batch.problems[b // G]
         rows.append({"id": p.id, "prompt": p.prompt, "answer": p.answer, "completion": batch.rollout.texts[b],
-                     "reward": float(batch.scores.total[b]), "advantage": float(batch.advantages[b]),
+                     "reward": float(batch.scores.total[b]), "advantage": float(adv[b]),
                      "extracted": batch.scores.extracted[b], "finish": batch.rollout.finish_reasons[b]})
     return rows
 
@@ -88,6 +95,8 @@ class _Session:
     sampler: Any
     ref_sampler: Any
     stream: PromptStream
+    critic: tuple[Any, Any] | None = None
+    """(value model, its optimiser) when the estimator needs values."""
 
 
 def _open(cfg: TrainConfig, run: Path, resume: bool, console: Any) -> _Session:
@@ -102,9 +111,10 @@ def _open(cfg: TrainConfig, run: Path, resume: bool, console: Any) -> _Session:
     model, tokenizer = build.load_policy(cfg, build.resolve_device(cfg.model.device))
     reference = build.build_reference(cfg, model)
     optimizer, scheduler = build.build_optimizer(cfg, model)
+    critic = build.build_critic(cfg, next(model.parameters()).device)
     state = TrainState(step=0, data_position=0, policy_version=0)
     if resume:
-        state = load_checkpoint(latest_checkpoint(run / "checkpoints"), model, optimizer, scheduler)
+        state = load_checkpoint(latest_checkpoint(run / "checkpoints"), model, optimizer, scheduler, critic=critic)
         console.print(f"resuming {run} from step {state.step}")
     run.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run / "config.yaml")
@@ -114,7 +124,7 @@ def _open(cfg: TrainConfig, run: Path, resume: bool, console: Any) -> _Session:
         if reference is not None else None
     return _Session(run, train_problems, eval_problems, model, reference, optimizer, scheduler, state,
                     build.make_encoder(tokenizer, cfg.model.system_prompt), sampler, ref_sampler,
-                    PromptStream(train_problems, cfg.seed, position=state.data_position))
+                    PromptStream(train_problems, cfg.seed, position=state.data_position), critic)
 
 
 def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False,
@@ -136,12 +146,14 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
     with RunLog(run, tensorboard=cfg.log.tensorboard, resume_step=ses.state.step if resume else None) as log, \
             RewardPool(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s) as pool:
         collector = build.make_collector(cfg, ses.stream, ses.encode, ses.sampler, pool, ses.ref_sampler,
-                                         ses.reference)
+                                         ses.reference, critic=ses.critic[0] if ses.critic else None, policy=ses.model)
 
         def run_eval(step: int) -> EvalResult:
-            res = evaluate(ses.sampler, ses.encode, ses.eval_problems, pool, build.eval_params(cfg), seed=cfg.seed)
-            log.log(step, {**res.metrics(), "eval/problems": res.n_problems})
-            log.completions(step, [{"eval": True, **r} for r in res.rows[:8]])
+            res = evaluate(ses.sampler, ses.encode, ses.eval_problems, pool, build.eval_params(cfg), seed=cfg.seed,
+                           n=cfg.eval.n)
+            log.log(step, {**res.flat(), "eval/problems": res.n_problems})
+            log.completions(step, [{"eval": True, "id": r["id"], "answer": r["answer"], **r["samples"][0]}
+                                   for r in res.rows[:8]])
             return res
 
         if not resume:
@@ -165,6 +177,10 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
                 upd = update_policy(ses.model, ses.optimizer, ses.scheduler, batch, settings, step=step,
                                     reference=reference, log_ref_kl=cfg.log.ref_kl and reference is not None,
                                     autocast=autocast)
+                if ses.critic is not None:
+                    upd.update(critic_lib.value_metrics(batch))
+                    upd.update(critic_lib.update_critic(*ses.critic, batch, settings, step=step,
+                                                        value_clip=cfg.critic.value_clip, autocast=autocast))
                 ses.sampler.version += 1
                 metrics = _step_metrics(batch, upd, ses.sampler.version, (t0, t1, time.perf_counter()),
                                         cfg.algo.num_iterations)
@@ -179,7 +195,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
                 if last or (cfg.log.checkpoint_every and (step + 1) % cfg.log.checkpoint_every == 0):
                     save_checkpoint(run / "checkpoints", ses.model, ses.optimizer, ses.scheduler,
                                     TrainState(step + 1, ses.stream.position, ses.sampler.version, extras),
-                                    keep=cfg.log.keep_checkpoints)
+                                    keep=cfg.log.keep_checkpoints, critic=ses.critic)
                 progress.update(task, advance=1, reward=metrics["reward/mean"], acc=metrics["reward/accuracy"])
     start = extras.get("eval_start")
     if eval_end is not None:

@@ -1,0 +1,245 @@
+"""``rlvr eval TARGET``: evaluate a model preset, a local model, a run directory or one of its checkpoints.
+
+TARGET is resolved in this order:
+1. a run directory (holds ``config.yaml`` and ``checkpoints/``): the run's model with its latest weights;
+2. a checkpoint directory (``RUN/checkpoints/step_XXXXXX``): the run's model with those weights;
+3. anything ``rlvr.models.load_model`` accepts (preset, save_pretrained directory, hub id).
+A run's own config supplies the model settings (LoRA, system prompt) and the default sampling budget;
+a bare model uses ``TrainConfig()``'s. Datasets (``--data``, repeatable): ``heldout`` (the run's
+held-out split, or the embedded default's for a bare model), ``champ``, ``rg:<task>``, ``arith``,
+or a ``.jsonl`` / ``.parquet`` file. Output per dataset in ``--out``: ``eval.json`` (metrics with CIs
+and every setting), ``eval.md`` (the same as a table) and ``problems.jsonl`` (prompt, samples,
+extracted answers, scores); the terminal gets one table over all datasets.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rlvr.config import ConfigError, TrainConfig, load_config
+from rlvr.types import Problem, SamplingParams
+
+
+@dataclass
+class Target:
+    """What is evaluated: the model's config, and the checkpoint whose weights replace the trainable ones."""
+
+    label: str
+    cfg: TrainConfig
+    checkpoint: Path | None
+
+
+def resolve_target(target: str) -> Target:
+    """A run dir, a checkpoint dir or a model name; see the module docstring."""
+    from rlvr.trainer.checkpoint import latest_checkpoint
+
+    path = Path(target).expanduser()
+    if (path / "config.yaml").is_file():
+        return Target(str(path), load_config(path / "config.yaml"), latest_checkpoint(path / "checkpoints"))
+    if (path / "state.json").is_file() and (path / "model.safetensors").is_file():
+        run = path.parent.parent
+        if not (run / "config.yaml").is_file():
+            raise FileNotFoundError(f"checkpoint {path} is not inside a run directory: {run / 'config.yaml'} "
+                                    "is missing")
+        return Target(str(path), load_config(run / "config.yaml"), path)
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        raise FileNotFoundError(f"{path} looks like a run directory but has no config.yaml")
+    return Target(target, replace(TrainConfig(), model=replace(TrainConfig().model, name=target, lora=False)), None)
+
+
+def load_target(t: Target, device: str) -> tuple[Any, Any]:
+    """(model, tokenizer) with the checkpoint's trainable weights loaded (read with safetensors)."""
+    from safetensors.torch import load_file
+
+    from rlvr.models import load_trainable_state_dict
+    from rlvr.trainer import build
+
+    model, tokenizer = build.load_policy(t.cfg, build.resolve_device(device))
+    if t.checkpoint is not None:
+        state = load_file(str(t.checkpoint / "model.safetensors"))
+        try:
+            load_trainable_state_dict(model, state)
+        except ValueError as e:
+            raise ValueError(f"checkpoint {t.checkpoint}: {e}") from None
+    return model.eval(), tokenizer
+
+
+def dataset_problems(spec: str, t: Target, args: argparse.Namespace) -> list[Problem]:
+    """The problems of one ``--data`` entry."""
+    from rlvr.data import build_problems
+    from rlvr.trainer import build
+
+    if spec == "heldout":
+        return build.build_problems(t.cfg)[1][:args.size] if args.size else build.build_problems(t.cfg)[1]
+    generated = spec == "arith" or spec.startswith("rg:")
+    kwargs = json.loads(args.task_kwargs) if args.task_kwargs else None
+    size = args.size if args.size is not None else (100 if generated else None)
+    return build_problems(spec, size=size, seed=args.data_seed, template=args.template, verifier=args.verifier,
+                          **({"task_kwargs": kwargs} if kwargs else {}))
+
+
+def slug(spec: str) -> str:
+    """A directory name for a dataset spec: ``rg:basic_arithmetic`` -> ``rg_basic_arithmetic``."""
+    name = Path(spec).stem if spec.endswith((".jsonl", ".parquet")) else spec
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "data"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """eval.md: the settings and a metric | mean | 95% CI table."""
+    s = report["sampling"]
+    lines = [f"# {report['dataset']}: {report['target']}", "",
+             f"{report['problems']} problems × n={report['n']} samples (T={s['temperature']}, top_p={s['top_p']}, "
+             f"max_new_tokens={s['max_new_tokens']}), seed {report['seed']}, problem set {report['problems_hash']}; "
+             f"95% percentile bootstrap CIs over problems ({report['bootstrap']} resamples); "
+             f"{report['seconds']:.1f} s.", "", "| metric | mean | 95% CI |", "|---|---|---|"]
+    for name, m in report["metrics"].items():
+        lines.append(f"| {name} | {m['mean']:.4f} | [{m['lo']:.4f}, {m['hi']:.4f}] |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_outputs(out: Path, report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "problems.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    _write_atomic(out / "eval.md", markdown(report))
+    _write_atomic(out / "eval.json", json.dumps(report, indent=1) + "\n")
+
+
+def default_out(t: Target) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if t.checkpoint is not None:
+        run = t.checkpoint.parent.parent
+        return run / "eval" / f"{stamp}-{t.checkpoint.name}"
+    return Path("evals") / f"{stamp}-{slug(t.label)}"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="TARGET", help="run dir, checkpoint dir, model preset, model dir or hub id")
+    p.add_argument("--data", action="append", metavar="SOURCE",
+                   help="heldout (default), champ, rg:<task>, arith, or a .jsonl/.parquet file; repeatable")
+    p.add_argument("--n", type=int, default=1, help="samples per problem (default 1)")
+    p.add_argument("--ks", help="comma-separated k for pass@k / maj@k (default 1, 2, 4, ..., n)")
+    p.add_argument("--temperature", type=float, help="default 0 (greedy) for n=1, else 0.6")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, help="default: the run's eval/rollout budget")
+    p.add_argument("--greedy", action="store_true", help="also report greedy pass@1")
+    p.add_argument("--size", type=int, help="problems per dataset (generated sources default to 100)")
+    p.add_argument("--data-seed", type=int, default=0, help="generation seed of rg:/arith datasets")
+    p.add_argument("--task-kwargs", help="JSON generator options for rg:/arith datasets")
+    p.add_argument("--template", default="{prompt}", help="prompt template for non-heldout datasets")
+    p.add_argument("--verifier", help="verifier for non-heldout datasets (default: per dataset)")
+    p.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    p.add_argument("--out", help="output dir (default RUN/eval/<time>-<step> or evals/<time>-<model>)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    p.add_argument("--max-batch-size", type=int, default=64, help="rows the sampler decodes together")
+    p.add_argument("--workers", type=int, default=2, help="verifier worker processes")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def _sampling(args: argparse.Namespace, cfg: TrainConfig) -> SamplingParams:
+    temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 0.6)
+    budget = args.max_new_tokens or cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
+    return SamplingParams(temperature=temperature, top_p=args.top_p, max_new_tokens=budget, stop=cfg.rollout.stop)
+
+
+def run(args: argparse.Namespace, console: Any) -> dict[str, dict[str, Any]]:
+    """Evaluate ``args.target`` on every dataset; returns {dataset: report} (also written to disk)."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    from rlvr.data import problems_hash
+    from rlvr.eval.evaluate import evaluate
+    from rlvr.rewards import RewardPool
+    from rlvr.rollout import HFSampler
+    from rlvr.trainer import build
+
+    if args.n < 1 or args.bootstrap < 1:
+        raise ValueError("--n and --bootstrap must be >= 1")
+    ks = [int(k) for k in args.ks.split(",")] if args.ks else None
+    if ks and (min(ks) < 1 or max(ks) > args.n):
+        raise ValueError(f"--ks {args.ks}: every k must lie in [1, n={args.n}]")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t = resolve_target(args.target)
+    params = _sampling(args, t.cfg)
+    specs = args.data or ["heldout"]
+    datasets = {spec: dataset_problems(spec, t, args) for spec in specs}  # fail on bad data before loading
+    model, tokenizer = load_target(t, args.device)
+    sampler = HFSampler(model, tokenizer, max_batch_size=args.max_batch_size)
+    encode = build.make_encoder(tokenizer, t.cfg.model.system_prompt)
+    out = Path(args.out) if args.out else default_out(t)
+    reports: dict[str, dict[str, Any]] = {}
+    total = sum(len(p) for p in datasets.values()) * (2 if args.greedy else 1)
+    columns = (TextColumn("{task.description}"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn())
+    with RewardPool(num_workers=args.workers) as pool, Progress(*columns, console=console) as progress:
+        task = progress.add_task("eval", total=total)
+        for spec, problems in datasets.items():
+            progress.update(task, description=f"eval {spec}")
+            res = evaluate(sampler, encode, problems, pool, params, seed=args.seed, n=args.n, ks=ks,
+                           greedy=args.greedy, n_boot=args.bootstrap,
+                           progress=lambda k: progress.advance(task, k))
+            report = {"target": t.label, "model": t.cfg.model.name,
+                      "checkpoint": str(t.checkpoint) if t.checkpoint else None, "dataset": spec,
+                      "problems": res.n_problems, "problems_hash": problems_hash(problems), "n": args.n,
+                      "sampling": {"temperature": params.temperature, "top_p": params.top_p,
+                                   "max_new_tokens": params.max_new_tokens, "stop": list(params.stop)},
+                      "seed": args.seed, "bootstrap": args.bootstrap, "seconds": res.seconds,
+                      "mean_length": res.mean_length,
+                      "metrics": {k: {"mean": v.mean, "lo": v.lo, "hi": v.hi} for k, v in res.metrics.items()},
+                      "args": {k: v for k, v in vars(args).items() if k != "func"}}
+            write_outputs(out / slug(spec), report, res.rows)
+            reports[spec] = report
+    console.print(table(reports))
+    console.print(f"written to {out}/<dataset>/eval.json, eval.md, problems.jsonl")
+    return reports
+
+
+def table(reports: dict[str, dict[str, Any]]) -> Any:
+    """A rich table: one row per metric, one column per dataset, cells ``mean [lo, hi]``."""
+    from rich.table import Table
+
+    first = next(iter(reports.values()))
+    tab = Table(title=f"rlvr eval {first['target']} (95% bootstrap CI over problems)")
+    tab.add_column("metric")
+    for spec, r in reports.items():
+        tab.add_column(f"{spec} ({r['problems']})", justify="right")
+    names: list[str] = []
+    for r in reports.values():
+        names += [k for k in r["metrics"] if k not in names]
+    for name in names:
+        tab.add_row(name, *[_fmt_dict(r["metrics"].get(name)) for r in reports.values()])
+    return tab
+
+
+def _fmt_dict(m: dict[str, float] | None) -> str:
+    return "—" if m is None else f"{m['mean']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}]"
+
+
+def command(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from rich.console import Console
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        run(args, Console())
+    except (ValueError, FileNotFoundError, ConfigError, json.JSONDecodeError) as e:
+        print(f"rlvr eval: error: {e}", file=sys.stderr)
+        return 2
+    return 0
