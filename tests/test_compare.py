@@ -363,3 +363,20 @@ def test_command_errors(tmp_path, capsys, case, message):
     captured = capsys.readouterr()
     assert captured.err.startswith("rlvr compare: error: ") and message in captured.err
     assert captured.out == ""
+
+
+def test_keys_a_run_predates_take_their_defaults(tmp_path):
+    """A run written before a config field existed groups with a new run that leaves it at the default."""
+    def run(name, cfg):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (d / "metrics.jsonl").write_text(json.dumps({"step": 1, "eval/accuracy": 0.5}) + "\n")
+        return compare.load_run(d)
+
+    old = run("old", {"steps": 4, "seed": 0})                                   # no critic section at all
+    new = run("new", {"steps": 4, "seed": 1, "critic": {"lr": 0.001}})           # the default, written out
+    other = run("other", {"steps": 4, "seed": 0, "critic": {"lr": 0.01}})
+    groups = compare.group_runs([old, new, other])
+    assert [len(g.runs) for g in groups] == [2, 1]
+    assert compare.differing_keys(groups) == ["critic.lr"]

@@ -417,3 +417,37 @@ def test_split_never_puts_an_eval_prompt_in_training():
     assert not {p.prompt for p in train} & {p.prompt for p in held}
     with pytest.raises(DataError, match="distinct prompts"):
         split_problems(probs, eval_size=5, seed=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# champ (CHAMP competition problems, shipped in champ-dataset)
+# ----------------------------------------------------------------------------------------------
+
+def test_champ_has_270_problems_checked_by_math_verify():
+    import champ_dataset
+
+    problems = build_problems("champ")
+    assert len(problems) == 270 and len({p.id for p in problems}) == 270
+    assert all(p.verifier == "math" and p.prompt and p.answer for p in problems)
+    raw = champ_dataset.load("v0").problems
+    first = problems[0]
+    item = raw[first.id.removeprefix("champ/")]
+    assert (first.prompt, first.answer) == (item.text.strip(), item.answer.strip())
+    from collections import Counter
+
+    counts = Counter(raw[p.id.removeprefix("champ/")].category for p in problems)
+    assert counts == {"Combinatorics": 40, "Inequality": 50, "Number-Theory": 80, "Polynomial": 50, "Sequence": 50}
+
+
+def test_champ_size_category_template_and_errors():
+    seq = build_problems("champ", task_kwargs={"category": "Sequence"})
+    assert len(seq) == 50 and all("Sequence" in p.id for p in seq)
+    first = build_problems("champ", size=3, template="{prompt}\nPut the answer in \\boxed{{}}.")
+    assert len(first) == 3 and first[0].prompt.endswith("Put the answer in \\boxed{}.")
+    assert [p.id for p in first] == [p.id for p in build_problems("champ")[:3]]
+    with pytest.raises(DataError, match="no category 'Algebra'"):
+        build_problems("champ", task_kwargs={"category": "Algebra"})
+    with pytest.raises(DataError, match="asked for size=300"):
+        build_problems("champ", size=300)
+    with pytest.raises(DataError, match="only task_kwargs 'category'"):
+        build_problems("champ", task_kwargs={"level": 3})

@@ -101,6 +101,13 @@ def test_run_dir_and_checkpoint_targets_reproduce_the_trainers_heldout_accuracy(
     base = _eval(tmp_path, "e3", "tiny-arith", "--workers", "0", "--data", "arith", "--size", "10")
     assert base["arith"]["checkpoint"] is None
 
+    # rlvr compare reads the same run: final eval/accuracy and the samples axis from rollout/samples
+    assert main(["compare", str(run), "--metrics", "eval/accuracy,reward/mean", "--out", str(tmp_path / "cmp")]) == 0
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    final = str(int(logged[2])) if logged[2] == int(logged[2]) else f"{logged[2]:.4g}"  # compare's number format
+    assert f"| {final} |" in table, table
+    assert (tmp_path / "cmp" / "eval_accuracy_vs_samples.png").stat().st_size > 0
+
 
 def test_errors_name_the_problem(tmp_path, capsys):
     assert main(["eval", "tiny-arith", "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path)]) == 2
@@ -114,3 +121,17 @@ def test_errors_name_the_problem(tmp_path, capsys):
     (run / "checkpoints").mkdir(parents=True)
     assert main(["eval", str(run), "--out", str(tmp_path)]) == 2
     assert "config.yaml" in capsys.readouterr().err
+
+
+def test_several_datasets_in_one_call_including_a_user_jsonl(tmp_path, capsys):
+    rows = [{"question": f"{a}+{b}=", "gold": a + b} for a, b in [(1, 2), (3, 4), (10, 5)]]
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reports = _eval(tmp_path, "multi", "tiny-arith", "--workers", "0", "--data", "arith", "--size", "4",
+                    "--data", str(data), "--prompt-field", "question", "--answer-field", "gold", "--verifier", "int")
+    assert set(reports) == {"arith", "mine"}
+    assert reports["mine"]["problems"] == 3 and reports["arith"]["problems"] == 4
+    recs = _records(tmp_path / "multi" / "mine" / "problems.jsonl")
+    assert [r["prompt"] for r in recs] == ["1+2=", "3+4=", "10+5="] and [r["answer"] for r in recs] == ["3", "7", "15"]
+    out = " ".join(capsys.readouterr().out.split())
+    assert "arith (4)" in out and "mine (3)" in out  # one terminal table, a column per dataset

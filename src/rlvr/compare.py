@@ -39,7 +39,8 @@ from typing import Any, Iterable, Sequence
 
 __all__ = [
     "IGNORED_KEYS", "Run", "Group", "Threshold", "Estimate", "MetricSummary", "ThresholdSummary", "GroupSummary",
-    "CompareError", "load_run", "merge_rows", "flatten_config", "group_runs", "differing_keys", "label_groups", "higher_is_better",
+    "CompareError", "load_run", "merge_rows", "flatten_config", "group_runs", "differing_keys", "label_groups",
+    "higher_is_better",
     "parse_threshold", "mean_ci", "final_value", "best_value", "steps_to_reach", "summarize_group",
     "markdown_table", "render_markdown", "plot_metrics", "add_arguments", "command",
 ]
@@ -150,8 +151,7 @@ def _cumulative_samples(rows: list[dict[str, Any]], config: dict[str, Any]) -> t
 
 def load_run(path: str | Path) -> Run:
     """Read ``path/config.yaml`` and ``path/metrics.jsonl``. Raises FileNotFoundError / ValueError naming the file."""
-    import yaml
-
+    from rlvr.config import load_yaml
     from rlvr.metrics import read_metrics
 
     run = Path(path)
@@ -160,17 +160,22 @@ def load_run(path: str | Path) -> Run:
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no config.yaml in {run}")
-    try:
-        config = yaml.safe_load(cfg_path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{cfg_path}: not valid YAML ({e})") from e
-    if config is None:
-        config = {}
-    if not isinstance(config, dict):
-        raise ValueError(f"{cfg_path}: not a YAML mapping")
+    config = _with_defaults(cfg_path, load_yaml(cfg_path))  # ConfigError (a ValueError) names the file
     rows = merge_rows(read_metrics(run), str(run / "metrics.jsonl"))
     samples, source = _cumulative_samples(rows, config)
     return Run(run, config, rows, samples, source)
+
+
+def _with_defaults(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The config as today's TrainConfig reads it: keys a run predates get their defaults, so a run written
+    before a field existed groups with a new run that leaves it at the default. A config this version
+    cannot read (a newer one) is compared as written."""
+    from rlvr.config import ConfigError, load_config, to_dict
+
+    try:
+        return to_dict(load_config(path))
+    except (ConfigError, TypeError):
+        return config
 
 
 # -------------------------------------------------------------------------------------------------------- groups
@@ -260,14 +265,21 @@ def _common_name(runs: Sequence[Run]) -> str:
     return prefix or "all runs"
 
 
+LABEL_KEYS = 3
+"""Default labels show at most this many differing keys (then ``…``; the table's header lists them all)."""
+
+
 def label_groups(groups: Sequence[Group], label_keys: Sequence[str] | None = None) -> None:
-    """Set each group's label: ``k=v, ...`` over ``label_keys`` (default: ``differing_keys``); with no such key,
+    """Set each group's label: ``k=v, ...`` over ``label_keys`` (default: the first ``LABEL_KEYS`` of
+    ``differing_keys``); with no such key,
     the run directory's name (for several seeds, their common prefix). Duplicate labels get `` #i``."""
-    keys = list(label_keys) if label_keys else differing_keys(groups)
+    keys = list(label_keys) if label_keys else differing_keys(groups)[:LABEL_KEYS]
+    more = not label_keys and len(differing_keys(groups)) > LABEL_KEYS
     for g in groups:
         if keys:
             flat = flatten_config(g.runs[0].config)
             g.label = ", ".join(f"{k}={_fmt_config_value(flat[k]) if k in flat else _UNSET}" for k in keys)
+            g.label += ", …" if more else ""
         else:
             g.label = _common_name(g.runs)
     counts: dict[str, int] = {}

@@ -77,12 +77,16 @@ def dataset_problems(spec: str, t: Target, args: argparse.Namespace) -> list[Pro
     from rlvr.trainer import build
 
     if spec == "heldout":
-        return build.build_problems(t.cfg)[1][:args.size] if args.size else build.build_problems(t.cfg)[1]
+        heldout = build.build_problems(t.cfg)[1]
+        return heldout if args.size is None else heldout[:args.size]
     generated = spec == "arith" or spec.startswith("rg:")
     kwargs = json.loads(args.task_kwargs) if args.task_kwargs else None
-    size = args.size if args.size is not None else (100 if generated else None)
-    return build_problems(spec, size=size, seed=args.data_seed, template=args.template, verifier=args.verifier,
-                          **({"task_kwargs": kwargs} if kwargs else {}))
+    files = spec.endswith((".jsonl", ".parquet"))
+    fields = {"prompt_field": args.prompt_field, "answer_field": args.answer_field} if files else {}
+    problems = build_problems(spec, size=(args.size or 100) if generated else None, seed=args.data_seed,
+                              template=args.template, verifier=args.verifier, **fields,
+                              **({"task_kwargs": kwargs} if kwargs and not files else {}))
+    return problems if generated or args.size is None else problems[:args.size]
 
 
 def slug(spec: str) -> str:
@@ -135,10 +139,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, help="default: the run's eval/rollout budget")
     p.add_argument("--greedy", action="store_true", help="also report greedy pass@1")
-    p.add_argument("--size", type=int, help="problems per dataset (generated sources default to 100)")
+    p.add_argument("--size", type=int, help="problems per dataset: generated (rg:, arith; default 100), or the "
+                                            "first N of a file, champ or heldout (default all)")
     p.add_argument("--data-seed", type=int, default=0, help="generation seed of rg:/arith datasets")
     p.add_argument("--task-kwargs", help="JSON generator options for rg:/arith datasets")
     p.add_argument("--template", default="{prompt}", help="prompt template for non-heldout datasets")
+    p.add_argument("--prompt-field", default="prompt", help="prompt field of .jsonl/.parquet rows")
+    p.add_argument("--answer-field", default="answer", help="gold-answer field of .jsonl/.parquet rows")
     p.add_argument("--verifier", help="verifier for non-heldout datasets (default: per dataset)")
     p.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
@@ -217,7 +224,7 @@ def table(reports: dict[str, dict[str, Any]]) -> Any:
     tab = Table(title=f"rlvr eval {first['target']} (95% bootstrap CI over problems)")
     tab.add_column("metric")
     for spec, r in reports.items():
-        tab.add_column(f"{spec} ({r['problems']})", justify="right")
+        tab.add_column(f"{slug(spec)} ({r['problems']})", justify="right")
     names: list[str] = []
     for r in reports.values():
         names += [k for k in r["metrics"] if k not in names]

@@ -8,6 +8,7 @@ over the same iterations × mini-batches × micro-batches as the policy, with it
 """
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Callable
 
@@ -15,8 +16,7 @@ import torch
 
 from rlvr import kl as kl_estimators
 from rlvr import losses
-from rlvr.seeding import derive_seed
-from rlvr.trainer.step import UpdateSettings, frozen_logprobs, gather_rows
+from rlvr.trainer.step import UpdateSettings, frozen_logprobs, gather_rows, optimizer_step, update_schedule
 from rlvr.types import Rollout
 from rlvr.value import ValueModel, completion_values
 
@@ -79,37 +79,28 @@ def update_critic(critic: ValueModel, optimizer: torch.optim.Optimizer, batch: A
     sums = {"critic/value_loss": 0.0, "critic/vf_clip_frac": 0.0}
     tokens, step_losses, grad_norms, skipped = 0, [], [], 0
     critic.train()
-    for it in range(s.num_iterations):
-        g = torch.Generator().manual_seed(derive_seed(s.seed, "minibatch", step, it))
-        order = torch.randperm(B, generator=g) if s.mini_batches > 1 else torch.arange(B)
-        for mini in torch.tensor_split(order, s.mini_batches):
-            micro = _micro(mini, s.micro_batch_size)
-            norm = losses.loss_normalizer([ro.loss_mask[mb] for mb in micro], "token_mean")
-            finite, total = True, 0.0
-            for mb in micro:
-                v, mask = _values(critic, ro, mb, autocast)
-                T = mask.shape[1]
-                old = batch.values[mb, :T].to(v.device)
-                ret = batch.returns[mb, :T].to(v.device)
-                per_token, stats = losses.value_loss(v, old, ret, mask, clip_eps=clip)
-                loss = losses.aggregate(per_token, mask, "token_mean", norm)
-                if not torch.isfinite(loss):
-                    finite = False
-                    break
-                loss.backward()
-                total += float(loss.detach())
-                sums["critic/value_loss"] += float(per_token.detach()[mask].double().sum())
-                sums["critic/vf_clip_frac"] += float(stats["vf_clipped"][mask].double().sum())
-                tokens += int(mask.sum())
-            max_norm = s.max_grad_norm if s.max_grad_norm > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if finite else float("nan")
-            if finite and torch.isfinite(torch.tensor(grad_norm)):
-                optimizer.step()
-            else:
-                skipped += 1
-            optimizer.zero_grad(set_to_none=True)
-            step_losses.append(total if finite else float("nan"))
-            grad_norms.append(grad_norm)
+    for micro in update_schedule(B, s, step):
+        norm = losses.loss_normalizer([ro.loss_mask[mb] for mb in micro], "token_mean")
+        finite, total = True, 0.0
+        for mb in micro:
+            v, mask = _values(critic, ro, mb, autocast)
+            T = mask.shape[1]
+            old = batch.values[mb, :T].to(v.device)
+            ret = batch.returns[mb, :T].to(v.device)
+            per_token, stats = losses.value_loss(v, old, ret, mask, clip_eps=clip)
+            loss = losses.aggregate(per_token, mask, "token_mean", norm)
+            if not torch.isfinite(loss):
+                finite = False
+                break
+            loss.backward()
+            total += float(loss.detach())
+            sums["critic/value_loss"] += float(per_token.detach()[mask].double().sum())
+            sums["critic/vf_clip_frac"] += float(stats["vf_clipped"][mask].double().sum())
+            tokens += int(mask.sum())
+        grad_norm = optimizer_step(params, optimizer, finite, s.max_grad_norm)
+        skipped += not math.isfinite(grad_norm)
+        step_losses.append(total if finite else float("nan"))
+        grad_norms.append(grad_norm)
     out = {k: v / max(tokens, 1) for k, v in sums.items()}
     out["critic/loss"] = sum(step_losses) / len(step_losses)
     out["critic/grad_norm"] = sum(grad_norms) / len(grad_norms)

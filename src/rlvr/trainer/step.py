@@ -9,9 +9,10 @@
 """
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -40,6 +41,34 @@ class UpdateSettings:
 
 def _micro(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
     return [rows[i:i + size] for i in range(0, len(rows), size)]
+
+
+def update_schedule(B: int, s: UpdateSettings, step: int) -> Iterator[list[torch.Tensor]]:
+    """The row indices of each optimiser step, as its micro-batches: ``num_iterations`` passes over the
+    B rows, each split into ``mini_batches`` steps (rows shuffled by a generator seeded from the run seed,
+    step and pass), each step split into micro-batches of ``micro_batch_size`` rows."""
+    for it in range(s.num_iterations):
+        g = torch.Generator().manual_seed(derive_seed(s.seed, "minibatch", step, it))
+        order = torch.randperm(B, generator=g) if s.mini_batches > 1 else torch.arange(B)
+        for mini in torch.tensor_split(order, s.mini_batches):
+            yield _micro(mini, s.micro_batch_size)
+
+
+def optimizer_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, finite: bool,
+                   max_grad_norm: float, scheduler: Any = None) -> float:
+    """Clip the accumulated gradients and step, unless the loss or the norm is non-finite; zero the grads.
+
+    Returns the gradient norm before clipping (NaN when the loss was non-finite); a non-finite return
+    means the step was skipped and weights and optimiser state are untouched.
+    """
+    max_norm = max_grad_norm if max_grad_norm > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if finite else float("nan")
+    if math.isfinite(grad_norm):
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
 
 def _logprobs(model: torch.nn.Module, ro: Rollout, rows: torch.Tensor, chunk: int, *, entropy: bool = False,
@@ -106,51 +135,40 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
         tok_counts[key] = tok_counts.get(key, 0) + int(m.sum())
 
     model.train()
-    for it in range(s.num_iterations):
-        g = torch.Generator().manual_seed(derive_seed(s.seed, "minibatch", step, it))
-        order = torch.randperm(B, generator=g) if s.mini_batches > 1 else torch.arange(B)
-        for mini in torch.tensor_split(order, s.mini_batches):
-            micro = _micro(mini, s.micro_batch_size)
-            norm = losses.loss_normalizer([batch.rollout.loss_mask[mb] for mb in micro], mode,
-                                          max_tokens=s.max_new_tokens)
-            finite, total = True, 0.0
-            for mb in micro:
-                lp, ent, mask = _logprobs(model, ro, mb, s.chunk_size, entropy=True, autocast=autocast)
-                if not torch.isfinite(lp.detach()[mask]).all():
-                    finite = False
-                    break
-                T = mask.shape[1]
-                old_mb = gather_rows(old, mb, T) if old is not None else lp.detach()
-                ref_mb = gather_rows(ref, mb, T)
-                adv = batch.advantages[mb]
-                adv = adv[:, :T] if adv.dim() == 2 else adv  # per-token advantages (gae) are [B, T_batch]
-                x = losses.PolicyLossInputs(logprobs=lp, advantages=adv.to(lp.device),
-                                            loss_mask=mask, old_logprobs=old_mb, ref_logprobs=ref_mb)
-                per_token, stats = spec.fn(x, **s.loss_kwargs)
-                if ref_mb is not None:
-                    kl_tok = kl_fn(lp, ref_mb, loss_mask=mask)
-                    add_tokens("policy/kl", kl_tok, mask)
-                    if s.kl_coef > 0:
-                        per_token = per_token + s.kl_coef * kl_tok
-                loss = losses.aggregate(per_token, mask, mode, norm)
-                if not torch.isfinite(loss):
-                    finite = False
-                    break
-                loss.backward()
-                total += float(loss.detach())
-                add_tokens("policy/entropy", ent, mask)
-                for key, v in stats.items():
-                    add_tokens(f"loss_stats/{key}", v, mask)
-            max_norm = s.max_grad_norm if s.max_grad_norm > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if finite else float("nan")
-            if finite and torch.isfinite(torch.tensor(grad_norm)):
-                optimizer.step()
-                scheduler.step()
-            else:
-                skipped += 1
-            optimizer.zero_grad(set_to_none=True)
-            step_losses.append(total if finite else float("nan"))
-            grad_norms.append(grad_norm)
+    for micro in update_schedule(B, s, step):
+        norm = losses.loss_normalizer([batch.rollout.loss_mask[mb] for mb in micro], mode, max_tokens=s.max_new_tokens)
+        finite, total = True, 0.0
+        for mb in micro:
+            lp, ent, mask = _logprobs(model, ro, mb, s.chunk_size, entropy=True, autocast=autocast)
+            if not torch.isfinite(lp.detach()[mask]).all():
+                finite = False
+                break
+            T = mask.shape[1]
+            old_mb = gather_rows(old, mb, T) if old is not None else lp.detach()
+            ref_mb = gather_rows(ref, mb, T)
+            adv = batch.advantages[mb]
+            adv = adv[:, :T] if adv.dim() == 2 else adv  # per-token advantages (gae) are [B, T_batch]
+            x = losses.PolicyLossInputs(logprobs=lp, advantages=adv.to(lp.device),
+                                        loss_mask=mask, old_logprobs=old_mb, ref_logprobs=ref_mb)
+            per_token, stats = spec.fn(x, **s.loss_kwargs)
+            if ref_mb is not None:
+                kl_tok = kl_fn(lp, ref_mb, loss_mask=mask)
+                add_tokens("policy/kl", kl_tok, mask)
+                if s.kl_coef > 0:
+                    per_token = per_token + s.kl_coef * kl_tok
+            loss = losses.aggregate(per_token, mask, mode, norm)
+            if not torch.isfinite(loss):
+                finite = False
+                break
+            loss.backward()
+            total += float(loss.detach())
+            add_tokens("policy/entropy", ent, mask)
+            for key, v in stats.items():
+                add_tokens(f"loss_stats/{key}", v, mask)
+        grad_norm = optimizer_step(params, optimizer, finite, s.max_grad_norm, scheduler)
+        skipped += not math.isfinite(grad_norm)
+        step_losses.append(total if finite else float("nan"))
+        grad_norms.append(grad_norm)
     out = {k: tok_sums[k] / max(tok_counts[k], 1) for k in tok_sums}
     out["loss/policy"] = sum(step_losses) / len(step_losses)
     out["train/grad_norm"] = sum(grad_norms) / len(grad_norms)
