@@ -135,3 +135,15 @@ def test_several_datasets_in_one_call_including_a_user_jsonl(tmp_path, capsys):
     assert [r["prompt"] for r in recs] == ["1+2=", "3+4=", "10+5="] and [r["answer"] for r in recs] == ["3", "7", "15"]
     out = " ".join(capsys.readouterr().out.split())
     assert "arith (4)" in out and "mine (3)" in out  # one terminal table, a column per dataset
+
+
+@pytest.mark.slow
+def test_the_default_model_on_the_main_jobs_heldout_set(tmp_path):
+    """SmolLM2 (the default preset) on the first 20 held-out problems of the main job, greedy; the full set of
+    100 gives 0.150, the accuracy the main job prints at its start (docs/results.md)."""
+    report = _eval(tmp_path, "smol", "smollm2-135m-instruct", "--size", "20", "--workers", "0")["heldout"]
+    recs = _records(tmp_path / "smol" / "heldout" / "problems.jsonl")
+    verify = get_verifier("int_last")
+    assert report["problems"] == 20 and report["sampling"]["temperature"] == 0.0
+    assert all(r["samples"][0]["score"] == verify(r["samples"][0]["completion"], r["answer"]).score for r in recs)
+    assert report["metrics"]["pass@1"]["mean"] == sum(r["correct"] for r in recs) / 20

@@ -68,10 +68,12 @@ def _strip_perf(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("perf/") and k != "eval/seconds"} for r in rows]
 
 
-def test_resume_after_an_interruption_gives_identical_metrics(tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [[], ["algo.advantage=gae", "algo.aggregation=token_mean", "model.lora=false"]],
+                         ids=["grpo", "ppo-critic"])
+def test_resume_after_an_interruption_gives_identical_metrics(tmp_path, monkeypatch, extra):
     from rlvr.trainer import sync
 
-    cfg = load_config(None, [*TINY, "steps=4", "log.checkpoint_every=2", "algo.num_iterations=2"])
+    cfg = load_config(None, [*TINY, "steps=4", "log.checkpoint_every=2", "algo.num_iterations=2", *extra])
     sync.train(cfg, run_dir=tmp_path / "straight")
 
     real = sync.update_policy
@@ -90,9 +92,15 @@ def test_resume_after_an_interruption_gives_identical_metrics(tmp_path, monkeypa
     a = _strip_perf(read_metrics(tmp_path / "straight"))
     b = _strip_perf(read_metrics(tmp_path / "resumed"))
     assert a == b
-    wa = load_file(str(tmp_path / "straight/checkpoints/step_000004/model.safetensors"))
-    wb = load_file(str(tmp_path / "resumed/checkpoints/step_000004/model.safetensors"))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    files = ["model.safetensors"]
+    if extra:  # with a critic: its weights and optimiser are checkpointed and restored too
+        assert any("critic/value_loss" in r for r in a)
+        files += ["critic.safetensors", "critic_optimizer.safetensors"]
+    for name in files:
+        wa = load_file(str(tmp_path / "straight/checkpoints/step_000004" / name))
+        wb = load_file(str(tmp_path / "resumed/checkpoints/step_000004" / name))
+        assert set(wa) == set(wb) and wa
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
 
 
 def test_resume_needs_a_checkpoint_and_a_fresh_run_refuses_to_overwrite(tmp_path):
