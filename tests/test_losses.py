@@ -704,3 +704,18 @@ class TestRegistry:
     def test_register_duplicate_rejected(self):
         with pytest.raises(ValueError, match="policy loss 'reinforce' is already registered"):
             losses.register("reinforce")(losses.reinforce)
+
+
+def test_nll_by_advantage_sign_example_token_advantages_and_masked_garbage():
+    from rlvr.losses import PolicyLossInputs, nll_by_advantage_sign
+
+    lp = torch.tensor([[-0.5, -0.5, float("nan")], [-2.0, -2.0, -2.0], [-1.0, float("inf"), 7.0]],
+                      dtype=torch.float64)
+    mask = torch.tensor([[True, True, False], [True, True, True], [True, False, False]])
+    nll, sign = nll_by_advantage_sign(PolicyLossInputs(logprobs=lp, advantages=torch.tensor(
+        [1.0, -1.0, 0.0], dtype=torch.float64), loss_mask=mask))
+    assert nll.tolist() == [0.5, 2.0, 1.0] and sign.tolist() == [1.0, -1.0, 0.0]
+    # [B, T] advantages: the sign of each response's mean over its valid tokens (garbage past the mask ignored)
+    adv = torch.tensor([[1.0, -3.0, 99.0], [0.5, 0.5, -0.5], [0.0, -9.0, 9.0]], dtype=torch.float64)
+    _, sign = nll_by_advantage_sign(PolicyLossInputs(logprobs=lp, advantages=adv, loss_mask=mask))
+    assert sign.tolist() == [-1.0, 1.0, 0.0]

@@ -76,6 +76,13 @@ def test_reinforce_update_equals_the_autograd_oracle():
         torch.testing.assert_close(got[k], -p.grad, atol=2e-6, rtol=1e-4, msg=k)
     assert m["loss/policy"] == pytest.approx(float(loss.detach()), rel=1e-5)
     assert m["train/skipped_steps"] == 0.0
+    # ASymPO's scale-imbalance diagnostic: mean token NLL of positive- and negative-advantage responses
+    nll = -(lp * mask).sum(-1).detach() / mask.sum(-1)
+    pos, neg = batch.advantages > 0, batch.advantages < 0
+    assert pos.any() and neg.any()
+    assert m["policy/nll_pos"] == pytest.approx(float(nll[pos].mean()), rel=1e-5)
+    assert m["policy/nll_neg"] == pytest.approx(float(nll[neg].mean()), rel=1e-5)
+    assert m["policy/nll_neg_over_pos"] == pytest.approx(float(nll[neg].mean() / nll[pos].mean()), rel=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])

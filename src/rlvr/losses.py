@@ -29,7 +29,7 @@ Stats = dict[str, Tensor]
 LossFn = Callable[..., tuple[Tensor, Stats]]
 
 __all__ = [
-    "PolicyLossInputs", "LossSpec", "register", "get", "spec", "names",
+    "PolicyLossInputs", "LossSpec", "register", "get", "spec", "names", "nll_by_advantage_sign",
     "ppo_clip", "reinforce", "cispo", "decoupled_ppo", "current_policy", "spo", "asympo",
     "AGGREGATIONS", "aggregate", "loss_normalizer", "value_loss",
 ]
@@ -199,6 +199,22 @@ def _clipped_surrogate(log_ratio: Tensor, adv: Tensor, *, clip_eps_low: float, c
 def _mean_token_nll(logprobs: Tensor, mask: Tensor) -> Tensor:
     """ℓ̄_b = −(1/|o_b|) Σ_t log π(o_b,t): the response's mean token NLL under the current policy.   [B]"""
     return -logprobs.sum(-1) / mask.sum(-1).clamp_min(1).to(logprobs.dtype)
+
+
+def nll_by_advantage_sign(x: PolicyLossInputs) -> tuple[Tensor, Tensor]:
+    """The scale imbalance behind ASymPO: each response's mean token NLL and the sign of its advantage.
+
+    Returns (ℓ̄ [B], sign [B]) with ℓ̄_b = −(1/|o_b|) Σ_t log π_θ(o_b,t) over valid tokens (detached) and
+    sign_b ∈ {−1, 0, +1} of A_b (of the mean over valid tokens for [B, T] advantages). Pooling ℓ̄ over
+    sign = +1 and sign = −1 responses gives the two means whose ratio ASymPO (arXiv 2606.03070) says
+    grows on stale data: the naive loss A·ℓ̄ falls without bound by pushing negatives' NLL up.
+    Example: A = (1, −1, 0), ℓ̄ = (0.5, 2.0, 1.0) -> positive mean 0.5, negative mean 2.0, ratio 4.
+    """
+    mask = x.loss_mask
+    nll = _mean_token_nll(_valid(x.logprobs.detach(), mask), mask)
+    adv = x.token_advantages()
+    mean_adv = adv.sum(-1) / mask.sum(-1).clamp_min(1).to(adv.dtype)
+    return nll, torch.sign(mean_adv)
 
 
 # ----------------------------------------------------------------------------------------------

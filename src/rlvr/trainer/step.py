@@ -163,16 +163,21 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
             loss.backward()
             total += float(loss.detach())
             add_tokens("policy/entropy", ent, mask)
+            nll, sign = losses.nll_by_advantage_sign(x)  # ASymPO's scale-imbalance diagnostic
+            add_tokens("policy/nll_pos", nll, mask & (sign > 0)[:, None])
+            add_tokens("policy/nll_neg", nll, mask & (sign < 0)[:, None])
             for key, v in stats.items():
                 add_tokens(f"loss_stats/{key}", v, mask)
         grad_norm = optimizer_step(params, optimizer, finite, s.max_grad_norm, scheduler)
         skipped += not math.isfinite(grad_norm)
         step_losses.append(total if finite else float("nan"))
         grad_norms.append(grad_norm)
-    out = {k: tok_sums[k] / max(tok_counts[k], 1) for k in tok_sums}
+    out = {k: tok_sums[k] / tok_counts[k] for k in tok_sums if tok_counts[k]}  # no count: not logged
     out["loss/policy"] = sum(step_losses) / len(step_losses)
     out["train/grad_norm"] = sum(grad_norms) / len(grad_norms)
     out["train/skipped_steps"] = float(skipped)
+    if out.get("policy/nll_pos", 0) > 0 and "policy/nll_neg" in out:
+        out["policy/nll_neg_over_pos"] = out["policy/nll_neg"] / out["policy/nll_pos"]
     if "loss_stats/clipped_low" in out and "loss_stats/clipped_high" in out:
         out["policy/clip_frac"] = out["loss_stats/clipped_low"] + out["loss_stats/clipped_high"]
     out["train/lr"] = optimizer.param_groups[0]["lr"]
