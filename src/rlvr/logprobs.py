@@ -155,7 +155,7 @@ def completion_logprobs(model: Any, prompt_ids: list[list[int]], completion_ids:
     """
     decoder, head = decoder_and_head(model)
     device = head.weight.device
-    B, T = _check_batch(prompt_ids, completion_ids, lengths)
+    B, T = check_batch(prompt_ids, completion_ids, lengths)
     lengths = lengths.to(device)
     completion_ids = completion_ids.to(device)
     input_ids, attention_mask, prompt_lens = pack_rows(prompt_ids, completion_ids, lengths, device)
@@ -197,7 +197,7 @@ def decoder_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Linear]:
     return decoder, head
 
 
-def _check_batch(prompt_ids: list[list[int]], completion_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[int, int]:
+def check_batch(prompt_ids: list[list[int]], completion_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[int, int]:
     """(B, T) after checking the shapes and ranges that ``completion_logprobs`` relies on."""
     if completion_ids.dim() != 2 or completion_ids.dtype != torch.long:
         raise ValueError(f"completion_ids must be Long[B, T], got {completion_ids.dtype}{list(completion_ids.shape)}")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from rlvr.attention import gqa_attention
-from rlvr.logprobs import decoder_and_head, pack_rows
+from rlvr.logprobs import check_batch, decoder_and_head, pack_rows
 
 
 class ValueModel(torch.nn.Module):
@@ -33,7 +33,7 @@ class ValueModel(torch.nn.Module):
     def __init__(self, lm: torch.nn.Module) -> None:
         super().__init__()
         self.lm = lm
-        decoder, out = decoder_and_head(lm)
+        _, out = decoder_and_head(lm)
         hidden = out.weight.shape[1]
         self.head = torch.nn.Linear(hidden, 1, dtype=torch.float32, device=out.weight.device)
         torch.nn.init.zeros_(self.head.weight)
@@ -51,11 +51,9 @@ def completion_values(critic: ValueModel, prompt_ids: list[list[int]], completio
     prompt_ids: B non-empty lists; completion_ids: Long[B, T] right-padded; lengths: Long[B] in [0, T].
     The head runs in fp32 on the selected hidden states only (N = Σ lengths rows, not B·L).
     """
-    from rlvr.logprobs import _check_batch
-
     decoder, _ = decoder_and_head(critic.lm)
     device = critic.head.weight.device
-    B, T = _check_batch(prompt_ids, completion_ids, lengths)
+    B, T = check_batch(prompt_ids, completion_ids, lengths)
     lengths = lengths.to(device)
     input_ids, attention_mask, prompt_lens = pack_rows(prompt_ids, completion_ids.to(device), lengths, device)
     with gqa_attention(decoder):

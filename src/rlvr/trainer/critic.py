@@ -21,10 +21,6 @@ from rlvr.types import Rollout
 from rlvr.value import ValueModel, completion_values
 
 
-def _micro(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
-    return [rows[i:i + size] for i in range(0, len(rows), size)]
-
-
 def _values(critic: ValueModel, ro: Rollout, rows: torch.Tensor, autocast) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = ro.lengths[rows]
     T = max(int(lengths.max()), 1)
@@ -44,7 +40,7 @@ def values(critic: ValueModel, ro: Rollout, *, micro_batch_size: int,
     was_training = critic.training
     critic.eval()
     try:
-        for mb in _micro(torch.arange(B), micro_batch_size):
+        for mb in torch.arange(B).split(micro_batch_size):
             v, _ = _values(critic, ro, mb, autocast)
             out[mb, :v.shape[1]] = v.float().cpu()
     finally:

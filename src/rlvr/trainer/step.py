@@ -40,7 +40,7 @@ class UpdateSettings:
 
 
 def _micro(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
-    return [rows[i:i + size] for i in range(0, len(rows), size)]
+    return list(rows.split(size))
 
 
 def update_schedule(B: int, s: UpdateSettings, step: int) -> Iterator[list[torch.Tensor]]:
