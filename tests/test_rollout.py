@@ -453,3 +453,171 @@ def test_bench_counts_tokens_and_reports_ratios(tiny):
     rows = run(model, tok, prompts=2, n=2, max_new_tokens=3, repeats=1)
     assert [r["method"] for r in rows] == ["HFSampler", "HF generate"]
     assert rows[1]["ratio"] == 1.0 and all(r["tok_s"] > 0 and 4 <= r["tokens"] <= 12 for r in rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Behaviour log-probs (SamplingParams.logprobs) and load_weights
+# ----------------------------------------------------------------------------------------------
+
+from rlvr.logprobs import completion_logprobs  # noqa: E402
+from rlvr.models import apply_lora, trainable_state_dict  # noqa: E402
+from rlvr.rollout.hf import token_logprobs  # noqa: E402
+
+BEHAVIOUR_PARAMS = [(1.0, 1.0), (0.7, 0.9), (0.0, 1.0)]        # (temperature, top_p); 0 = greedy
+
+
+def with_logprobs(params: SamplingParams, on: bool = True) -> SamplingParams:
+    return SamplingParams(temperature=params.temperature, top_p=params.top_p, max_new_tokens=params.max_new_tokens,
+                          stop=params.stop, logprobs=on)
+
+
+def learner_logprobs(model, r):
+    """Oracle: the learner's teacher-forced log π(token) of the rollout (temperature 1, no top-p)."""
+    with torch.no_grad():
+        return completion_logprobs(model, r.prompt_ids, r.completion_ids, r.lengths)[0]
+
+
+def assert_behaviour_matches(model, r, atol=1e-5):
+    blp = r.behavior_logprobs
+    assert blp is not None and blp.dtype == torch.float32 and blp.shape == r.completion_ids.shape
+    mask = r.loss_mask
+    torch.testing.assert_close(blp[mask], learner_logprobs(model, r)[mask].float(), atol=atol, rtol=0)
+    assert bool((blp[~mask] == 0).all())                                       # exactly 0 at/after lengths
+    assert bool((blp[mask] < 0).all())
+
+
+def assert_same_samples(a, b):
+    assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.lengths, b.lengths)
+    assert a.texts == b.texts and a.finish_reasons == b.finish_reasons and a.policy_version == b.policy_version
+
+
+def test_token_logprobs_hand_worked():
+    logits = torch.tensor([[0.0, math.log(3.0), -1e4], [1.0, 1.0, 1.0]], dtype=torch.bfloat16)
+    got = token_logprobs(logits, torch.tensor([1, 2]))
+    assert got.dtype == torch.float32
+    want = torch.log_softmax(logits.float(), -1)[[0, 1], [1, 2]]               # bf16 rounds log 3; compare to its value
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.allclose(token_logprobs(torch.tensor([[0.0, math.log(3.0)]]), torch.tensor([1])),
+                          torch.tensor([math.log(0.75)]), atol=1e-6)
+
+
+@pytest.mark.parametrize("temperature, top_p", BEHAVIOUR_PARAMS)
+def test_behaviour_logprobs_equal_learner_logprobs_and_leave_samples_unchanged(tiny, temperature, top_p):
+    model, tok = tiny
+    prompts = encode(tok, TEXTS)
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=16)
+    for kwargs in ({"max_batch_size": 4}, {"max_batch_size": 4, "prune_every": 3}):   # 15 rows -> 4 planned batches
+        sampler = HFSampler(model, tok, **kwargs)
+        off = sampler.generate(prompts, params, n=3, seed=7)
+        on = sampler.generate(prompts, with_logprobs(params), n=3, seed=7)
+        assert off.behavior_logprobs is None
+        assert_same_samples(on, off)                                           # logprobs on does not change sampling
+        assert_behaviour_matches(model, on)
+        if temperature > 0:
+            assert len(set(on.lengths.tolist())) > 1 and "stop" in on.finish_reasons    # rows end at different steps
+
+
+@pytest.mark.parametrize("temperature, top_p", [(0.5, 0.6), (2.0, 1.0), (0.0, 1.0)])
+def test_behaviour_logprobs_are_temperature_one_without_top_p(tiny, temperature, top_p):
+    model, tok = tiny
+    values = {10: 2.0, 11: 1.5, 12: 1.0, 13: 0.0}                             # all other tokens at -1e4 (probability 0)
+    wrapped = LogitsOverride(model, fixed_logits(values))
+    r = HFSampler(wrapped, tok).generate(encode(tok, ["q", "hello"]), SamplingParams(
+        temperature=temperature, top_p=top_p, max_new_tokens=6, logprobs=True), n=8, seed=0)
+    log_z = math.log(sum(math.exp(v) for v in values.values()))                 # oracle: plain softmax of the logits
+    want = torch.tensor([[values[t] - log_z for t in row] for row in r.completion_ids.tolist()])
+    assert r.lengths.tolist() == [6] * 16
+    assert torch.allclose(r.behavior_logprobs, want, atol=1e-6)
+    if top_p == 0.6:                                          # at T=0.5 p(10) = 0.66: nucleus {10}; at T=1 p(10) = 0.47
+        assert set(r.completion_ids.flatten().tolist()) == {10}
+        assert torch.allclose(r.behavior_logprobs, torch.full((16, 6), 2.0 - log_z), atol=1e-6)
+
+
+def test_behaviour_logprobs_with_stop_strings(tiny):
+    model, tok = tiny
+    prompts = encode(tok, TEXTS)
+    params = SamplingParams(temperature=1.0, max_new_tokens=20, logprobs=True)
+    free = HFSampler(model, tok).generate(prompts, params, n=2, seed=3)
+    stop = free.texts[0][4:6]                                                   # occurs in row 0 by index 4
+    r = HFSampler(model, tok, max_batch_size=3).generate(prompts, with_logprobs(SamplingParams(
+        temperature=1.0, max_new_tokens=20, stop=(stop,))), n=2, seed=3)
+    end = free.texts[0].index(stop) + len(stop)
+    assert r.finish_reasons[0] == "stop" and int(r.lengths[0]) == end and r.texts[0].endswith(stop)
+    assert torch.allclose(r.behavior_logprobs[0, :end], free.behavior_logprobs[0, :end], atol=1e-6)
+    assert len(set(r.lengths.tolist())) > 2
+    assert_behaviour_matches(model, r)
+
+
+def test_behaviour_logprobs_float64_model_match_to_float32_precision(peaky):
+    """A float64 copy of the confident model: the sampler's values are float32 roundings of the exact log-probs."""
+    model64 = copy.deepcopy(peaky[0]).double()
+    tok = peaky[1]
+    r = HFSampler(model64, tok, max_batch_size=4).generate(encode(tok, TEXTS), SamplingParams(
+        temperature=0.7, top_p=0.9, max_new_tokens=16, logprobs=True), n=3, seed=1)
+    assert r.behavior_logprobs.dtype == torch.float32
+    assert_behaviour_matches(model64, r, atol=2e-6)
+
+
+def test_behaviour_logprobs_of_a_lora_model(tiny):
+    model, tok = tiny
+    torch.manual_seed(0)
+    lora = apply_lora(copy.deepcopy(model), rank=4, alpha=8)
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)                                               # a non-zero adapter
+    prompts = encode(tok, TEXTS)
+    params = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=12)
+    on = HFSampler(lora, tok, max_batch_size=4).generate(prompts, with_logprobs(params), n=2, seed=5)
+    assert_same_samples(on, HFSampler(lora, tok, max_batch_size=4).generate(prompts, params, n=2, seed=5))
+    assert_behaviour_matches(lora, on)
+    base = HFSampler(model, tok, max_batch_size=4).generate(prompts, with_logprobs(params), n=2, seed=5)
+    assert not torch.equal(base.behavior_logprobs, on.behavior_logprobs)       # the adapter matters
+
+
+def test_load_weights_takes_another_models_samples_and_version(tiny):
+    model, tok = tiny
+    other, _ = tiny_random(1)
+    sampler = HFSampler(copy.deepcopy(model), tok)
+    prompts = encode(tok, TEXTS)
+    params = SamplingParams(temperature=1.0, max_new_tokens=12, logprobs=True)
+    before = sampler.generate(prompts, params, n=2, seed=4)
+    sampler.load_weights(3, trainable_state_dict(other))
+    assert sampler.version == 3
+    after = sampler.generate(prompts, params, n=2, seed=4)
+    want = HFSampler(other, tok).generate(prompts, params, n=2, seed=4)
+    assert after.policy_version == 3 and want.policy_version == 0
+    assert torch.equal(after.completion_ids, want.completion_ids) and after.texts == want.texts
+    assert torch.equal(after.behavior_logprobs, want.behavior_logprobs)
+    assert after.texts != before.texts
+    sampler.load_weights(3, trainable_state_dict(other))                        # the same version again is fine
+    with pytest.raises(ValueError, match="version 2 is older than the loaded version 3"):
+        sampler.load_weights(2, trainable_state_dict(model))
+    with pytest.raises(ValueError, match="version must be an int"):
+        sampler.load_weights(True, trainable_state_dict(model))
+    with pytest.raises(ValueError, match="missing keys"):
+        sampler.load_weights(5, {"lm_head.weight": torch.zeros(1)})
+    assert sampler.version == 3                                                 # a failed load changes nothing
+    assert sampler.generate(prompts, params, n=2, seed=4).texts == want.texts
+
+
+def test_load_weights_of_lora_adapters(tiny):
+    model, tok = tiny
+    workers = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        lora = apply_lora(copy.deepcopy(model), rank=4, alpha=8)
+        with torch.no_grad():
+            for name, p in lora.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.2)
+        workers.append(lora)
+    prompts = encode(tok, TEXTS)
+    params = SamplingParams(temperature=1.0, max_new_tokens=12, logprobs=True)
+    sampler = HFSampler(workers[0], tok)
+    state = trainable_state_dict(workers[1])
+    assert state and all("lora_" in k for k in state)                           # only the adapters travel
+    sampler.load_weights(1, state)
+    got = sampler.generate(prompts, params, n=2, seed=2)
+    want = HFSampler(workers[1], tok).generate(prompts, params, n=2, seed=2)
+    assert got.texts == want.texts and torch.equal(got.behavior_logprobs, want.behavior_logprobs)

@@ -179,7 +179,8 @@ def test_every_layer_imports_on_its_own():
     import subprocess
     import sys
 
-    mods = ["rlvr.eval", "rlvr.trainer.batch", "rlvr.rewards.scoring", "rlvr.trainer.step", "rlvr.trainer"]
+    mods = ["rlvr.eval", "rlvr.trainer.batch", "rlvr.rewards.scoring", "rlvr.trainer.step", "rlvr.trainer",
+            "rlvr.rollout.pool", "rlvr.trainer.async_"]
     code = "import importlib, sys; importlib.import_module(sys.argv[1])"
     for m in mods:
         res = subprocess.run([sys.executable, "-c", code, m], capture_output=True, text=True, timeout=120)

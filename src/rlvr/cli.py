@@ -217,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench_sub.add_parser("generate", help="tokens/s of rlvr's HFSampler vs transformers' generate, same run")
     bench_generate.add_arguments(p)
     p.set_defaults(func=bench_generate.command)
+    from rlvr.bench import async_ as bench_async
+
+    p = bench_sub.add_parser("async", help="async vs sync wall-clock for the same samples (simulator or tiny-arith): "
+                                           "speed-up, staleness, drops, timeline",
+                             description=bench_async.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_async.add_arguments(p)
+    p.set_defaults(func=bench_async.command)
     return parser
 
 

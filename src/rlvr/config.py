@@ -108,11 +108,32 @@ class RolloutConfig:
     """DAPO: drop groups whose rewards are all equal and sample more prompts to refill."""
     max_refill_rounds: int = 3
     """Extra sampling rounds dynamic sampling may spend per step."""
+    max_staleness: int = 1
+    """Async trainer: a batch sampled with weights more than this many learner steps old is never trained on
+    (dropped and counted), and generation waits rather than run further ahead (0 = synchronous)."""
+    backend: str = "thread"
+    """Async trainer: where rollout workers run, thread (in this process) or ray (actors; local or a cluster)."""
+    num_workers: int = 1
+    """Async trainer: rollout workers; each step's prompts are split into this many shards."""
+    worker_timeout_s: float = 600.0
+    """A worker that has not answered a call within this many seconds is taken as hung, replaced, and its
+    prompts re-issued."""
+    max_worker_restarts: int = 3
+    """Restarts one generate call may spend before the run fails."""
+    ray_address: str | None = None
+    """backend=ray: None starts a local Ray; "auto" or host:port joins a running cluster."""
+    worker_threads: int | None = None
+    """backend=ray: torch threads in each rollout actor (None: torch's default)."""
 
     def __post_init__(self) -> None:
-        _positive(self, "prompts_per_step", "group_size", "max_new_tokens", "max_batch_size")
-        if self.max_refill_rounds < 0:
-            raise ConfigError(f"rollout.max_refill_rounds must be >= 0, got {self.max_refill_rounds}")
+        _positive(self, "prompts_per_step", "group_size", "max_new_tokens", "max_batch_size", "num_workers")
+        _one_of(self, "backend", ("thread", "ray"))
+        if self.max_refill_rounds < 0 or self.max_staleness < 0 or self.max_worker_restarts < 0:
+            raise ConfigError("rollout.max_refill_rounds, rollout.max_staleness and rollout.max_worker_restarts "
+                              f"must be >= 0, got {self.max_refill_rounds}, {self.max_staleness}, "
+                              f"{self.max_worker_restarts}")
+        if not self.worker_timeout_s > 0:
+            raise ConfigError(f"rollout.worker_timeout_s must be > 0, got {self.worker_timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -153,6 +174,10 @@ class AlgoConfig:
     """Optimiser steps per pass over a batch."""
     micro_batch_size: int = 16
     """Sequences per forward/backward (gradient accumulation inside a mini-batch)."""
+    old_logprobs: str = "recompute"
+    """π_old of ratio losses (ppo_clip, cispo): recompute (a learner forward at the start of the step) or
+    behavior (the sampler's log-probs: the ratio is taken to the behaviour policy, for stale samples).
+    decoupled_ppo always recomputes π_prox and reads the behaviour log-probs itself."""
     reward_kl_coef: float = 0.0
     """β of a per-token KL penalty inside the reward, −β·(log π_old − log π_ref) at every token, for
     token-level estimators (gae); 0 = off."""
@@ -161,6 +186,7 @@ class AlgoConfig:
         _positive(self, "num_iterations", "mini_batches", "micro_batch_size")
         if self.kl_coef < 0:
             raise ConfigError(f"algo.kl_coef must be >= 0, got {self.kl_coef}")
+        _one_of(self, "old_logprobs", ("recompute", "behavior"))
         if self.reward_kl_coef < 0:
             raise ConfigError(f"algo.reward_kl_coef must be >= 0, got {self.reward_kl_coef}")
         if self.k is not None and self.k < 1:
@@ -243,6 +269,8 @@ class LogConfig:
 class TrainConfig:
     steps: int = 14
     seed: int = 0
+    trainer: str = "sync"
+    """sync (sample, then train, one batch per step) or async (generation overlaps training; rollout.max_staleness)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -255,6 +283,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "steps")
+        _one_of(self, "trainer", ("sync", "async"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ class SamplingParams:
     max_new_tokens: int = 64
     stop: tuple[str, ...] = ()
     """Stop strings; the completion ends with the token that completes one (it is kept)."""
+    logprobs: bool = False
+    """Also return the behaviour log-probs of the sampled tokens (``Rollout.behavior_logprobs``)."""
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
@@ -52,7 +54,11 @@ class Rollout:
     lengths:        Long[B], tokens that count (an EOS that ended the row is included).
     finish_reasons: "stop" (EOS or stop string) or "length" (hit max_new_tokens), one per row.
     texts:          decoded completions (special tokens skipped).
-    policy_version: version of the weights that sampled them.
+    policy_version: version of the weights that sampled them (the oldest, when workers sampled shards).
+    behavior_logprobs: Float32[B, T] or None: log π_b(token) of each sampled token under the weights that
+                    sampled it, at temperature 1 and without top-p (the same quantity the learner computes,
+                    so π_θ/π_b measures policy drift only); 0 at or after ``lengths[b]``. Returned when
+                    ``SamplingParams.logprobs`` is set.
     """
 
     prompt_ids: list[list[int]]
@@ -61,6 +67,7 @@ class Rollout:
     finish_reasons: list[str]
     texts: list[str]
     policy_version: int = 0
+    behavior_logprobs: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         B = len(self.prompt_ids)
@@ -72,6 +79,12 @@ class Rollout:
             raise ValueError(f"finish_reasons and texts need {B} entries, got {len(self.finish_reasons)}, {len(self.texts)}")
         if B and (int(self.lengths.min()) < 0 or int(self.lengths.max()) > self.completion_ids.shape[1]):
             raise ValueError(f"lengths must lie in [0, T={self.completion_ids.shape[1]}]")
+        blp = self.behavior_logprobs
+        if blp is not None and (not isinstance(blp, torch.Tensor) or not blp.is_floating_point()
+                                or blp.shape != self.completion_ids.shape):
+            raise ValueError(f"behavior_logprobs must be a float tensor of shape "
+                             f"{tuple(self.completion_ids.shape)} (as completion_ids), got "
+                             f"{tuple(blp.shape) if isinstance(blp, torch.Tensor) else type(blp).__name__}")
 
     @property
     def loss_mask(self) -> torch.Tensor:

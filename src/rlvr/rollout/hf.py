@@ -34,6 +34,16 @@ or at the token whose decoded text completes a stop string (the token is kept; o
 ``4·max_len(stop) + 4`` tokens are decoded, which covers byte-level BPE splitting a character over up to 4 tokens),
 and "length" after ``max_new_tokens`` tokens. ``lengths`` counts the ending token; later positions hold
 ``pad_token_id``.
+
+Behaviour log-probs (``SamplingParams.logprobs``): at each step the log-probability of every live row's sampled token
+under the raw logits, log_softmax(logits)[token] at temperature 1 and without top-p (``token_logprobs``), whatever
+temperature and top_p drew it: the quantity ``rlvr.logprobs.completion_logprobs`` recomputes, so π_θ/π_b measures
+policy drift only. It reads the logits the draw already had (one log_softmax and one gather per step, live rows only);
+the draw itself is untouched, so tokens are bit-identical with and without it. Cost: ~1 ms a step for 32 rows of a
+49k vocabulary on one core, below the timing noise of generation on tiny-random and SmolLM2-135M; nothing when off.
+
+Weights: ``HFSampler.load_weights(version, state)`` copies a learner's trainable state (``trainable_state_dict``) into
+the sampler's model; it is how a rollout worker takes the learner's newest weights.
 """
 from __future__ import annotations
 
@@ -48,13 +58,13 @@ from transformers import DynamicCache
 from rlvr.attention import GQA_SDPA
 from rlvr.attention import gqa_attention as _gqa_attention
 from rlvr.attention import sdpa_gqa_attention as _sdpa_gqa_attention  # noqa: F401  (tests compare it with HF's)
-
+from rlvr.models import load_trainable_state_dict
 from rlvr.types import Rollout, SamplingParams
 
 Tensor = torch.Tensor
 
-__all__ = ["HFSampler", "nucleus_filter", "nucleus_candidates", "token_probs", "inverse_cdf_sample", "row_keys",
-           "uniforms", "plan_batches", "GQA_SDPA"]
+__all__ = ["HFSampler", "nucleus_filter", "nucleus_candidates", "token_probs", "token_logprobs", "inverse_cdf_sample",
+           "row_keys", "uniforms", "plan_batches", "check_weights_version", "GQA_SDPA"]
 
 _M32 = 0xFFFFFFFF
 
@@ -193,6 +203,23 @@ def token_probs(logits: Tensor, temperature: float, top_p: float = 1.0) -> Tenso
         raise ValueError(f"token_probs: temperature must be > 0 (0 = greedy), got {temperature}")
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     return nucleus_filter(probs, top_p)
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """log_softmax(logits)[token] per row, in float32, at temperature 1 and without top-p (the behaviour log-prob).
+    logits [b, V] (any float dtype), tokens Long[b] -> Float32[b]. (The fused log_softmax then one gather beat
+    logit − logsumexp on a CPU: 1.1 vs 1.8 ms for 32 x 49152.)"""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def check_weights_version(current: int, version: int, who: str) -> int:
+    """``version`` as an int after checking that it is an int not below ``current`` (versions never go down)."""
+    if isinstance(version, bool) or not isinstance(version, numbers.Integral):
+        raise ValueError(f"{who}.load_weights: version must be an int, got {version!r}")
+    if version < current:
+        raise ValueError(f"{who}.load_weights: version {version} is older than the loaded version {current}; "
+                         "versions must not go down")
+    return int(version)
 
 
 def _check_mass(total: Tensor) -> None:
@@ -375,17 +402,32 @@ class HFSampler:
         out = torch.full((B, params.max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
         lengths = torch.full((B,), params.max_new_tokens, dtype=torch.long, device=device)
         stopped = torch.zeros(B, dtype=torch.bool, device=device)
+        blp = torch.zeros((B, params.max_new_tokens), dtype=torch.float32, device=device) if params.logprobs else None
         with torch.inference_mode(), _eval_mode(self.model), _gqa_attention(self.model):
             for plan in plan_batches([len(p) for p in prompts], n, self.max_batch_size):
-                self._decode_batch(prompts, plan, n, params, seed, out, lengths, stopped)
+                self._decode_batch(prompts, plan, n, params, seed, out, lengths, stopped, blp)
         out, lengths = out.cpu(), lengths.cpu()
         T = int(lengths.max()) if B else 0
         completion_ids = out[:, :T].clone()
+        behavior_logprobs = blp[:, :T].cpu().clone() if blp is not None else None
         texts = self.tokenizer.batch_decode([row[:k].tolist() for row, k in zip(completion_ids, lengths.tolist())],
                                             skip_special_tokens=True) if B else []
         return Rollout(prompt_ids=[list(p) for p in prompts for _ in range(n)], completion_ids=completion_ids,
                        lengths=lengths, finish_reasons=["stop" if s else "length" for s in stopped.tolist()],
-                       texts=list(texts), policy_version=self.version)
+                       texts=list(texts), policy_version=self.version, behavior_logprobs=behavior_logprobs)
+
+    def load_weights(self, version: int, weights: dict[str, Tensor]) -> None:
+        """Take new weights: copy ``weights`` into the model's trainable parameters, then set ``self.version``.
+
+        This is how a rollout worker takes the learner's newest weights: ``weights`` is the learner's
+        ``rlvr.models.trainable_state_dict`` (only the adapters under LoRA), so the sampler's model must be built the
+        same way as the learner's (same trainable parameter names and shapes); values are cast to each parameter's
+        dtype and device. ``version`` must not be below the current one (ValueError naming both); mismatched keys or
+        shapes raise a ValueError and change nothing.
+        """
+        version = check_weights_version(self.version, version, "HFSampler")
+        load_trainable_state_dict(self.model, weights)
+        self.version = version
 
     # -- checks ----------------------------------------------------------------------------------
 
@@ -441,8 +483,10 @@ class HFSampler:
         return self._forward(ids, mask, _positions(mask), cache), mask, cache
 
     def _decode_batch(self, prompts: list[list[int]], plan: list[tuple[int, int, int]], n: int,
-                      params: SamplingParams, seed: int, out: Tensor, lengths: Tensor, stopped: Tensor) -> None:
-        """Generate the rows of one planned batch, writing tokens into ``out`` and ends into ``lengths``/``stopped``."""
+                      params: SamplingParams, seed: int, out: Tensor, lengths: Tensor, stopped: Tensor,
+                      blp: Tensor | None) -> None:
+        """Generate the rows of one planned batch, writing tokens into ``out``, ends into ``lengths``/``stopped`` and,
+        when ``blp`` (Float32[B, max_new_tokens]) is given, each token's behaviour log-prob into it."""
         device = out.device
         prompt_idx = torch.tensor([i for i, j0, c in plan for _ in range(c)], device=device)
         sample_idx = torch.tensor([j for _, j0, c in plan for j in range(j0, j0 + c)], device=device)
@@ -454,7 +498,7 @@ class HFSampler:
         alive = torch.ones(len(rows), dtype=torch.bool, device=device)
         for t in range(params.max_new_tokens):
             tok = _next_tokens(logits, params, keys, t)                      # [b]
-            alive = alive & ~self._record(tok, rows, alive, t, eos, params, out, lengths, stopped)
+            alive = alive & ~self._record(tok, rows, alive, t, eos, params, out, lengths, stopped, logits, blp)
             if t + 1 == params.max_new_tokens or not bool(alive.any()):
                 return
             if (t + 1) % self.prune_every == 0 and not bool(alive.all()):
@@ -466,11 +510,14 @@ class HFSampler:
             next_pos = next_pos + 1
 
     def _record(self, tok: Tensor, rows: Tensor, alive: Tensor, t: int, eos: Tensor, params: SamplingParams,
-                out: Tensor, lengths: Tensor, stopped: Tensor) -> Tensor:
-        """Write step t's tokens of the alive rows; return Bool[b]: rows that end "stop" at this token."""
+                out: Tensor, lengths: Tensor, stopped: Tensor, logits: Tensor, blp: Tensor | None) -> Tensor:
+        """Write step t's tokens of the alive rows (and, with ``blp``, their log-probs under ``logits`` [b, V]);
+        return Bool[b]: rows that end "stop" at this token."""
         live = alive.nonzero()[:, 0]
         live_rows, live_tok = rows[live], tok[live]
         out[live_rows, t] = live_tok
+        if blp is not None:                                              # all rows are live unless prune_every > 1
+            blp[live_rows, t] = token_logprobs(logits if len(live) == len(alive) else logits[live], live_tok)
         end = torch.isin(live_tok, eos)
         if params.stop:
             end |= self._stop_hits(out, live_rows, t, params.stop, skip=end)

@@ -178,14 +178,18 @@ def _select_rows(rows: list[tuple[Rollout, int]]) -> Rollout:
     T = max(int(ro.lengths[i]) for ro, i in rows)
     T = max(T, 1)
     ids = torch.zeros(len(rows), T, dtype=torch.long)
+    with_behavior = all(ro.behavior_logprobs is not None for ro, _ in rows)
+    behavior = torch.zeros(len(rows), T) if with_behavior else None
     for b, (ro, i) in enumerate(rows):
         w = min(T, ro.completion_ids.shape[1])
         ids[b, :w] = ro.completion_ids[i, :w].cpu()
+        if with_behavior:
+            behavior[b, :w] = ro.behavior_logprobs[i, :w].cpu()
     return Rollout(
         prompt_ids=[ro.prompt_ids[i] for ro, i in rows], completion_ids=ids,
         lengths=torch.stack([ro.lengths[i].cpu() for ro, i in rows]),
         finish_reasons=[ro.finish_reasons[i] for ro, i in rows], texts=[ro.texts[i] for ro, i in rows],
-        policy_version=rows[0][0].policy_version,
+        policy_version=min(ro.policy_version for ro, _ in rows), behavior_logprobs=behavior,
     )
 
 

@@ -37,6 +37,14 @@ def check_algorithm(cfg: TrainConfig) -> None:
         raise ValueError(f"algo.k={cfg.algo.k} exceeds rollout.group_size={cfg.rollout.group_size}")
     if not spec.takes_k and cfg.algo.k is not None:
         raise ValueError(f"algo.k is set but advantage {cfg.algo.advantage!r} does not take k")
+    loss = losses.spec(cfg.algo.loss)
+    if cfg.algo.old_logprobs == "behavior" and (not loss.needs_old_logprobs or loss.needs_behavior_logprobs):
+        raise ValueError(f"algo.old_logprobs=behavior applies to ratio losses that read π_old (ppo_clip, cispo); "
+                         f"{cfg.algo.loss!r} " + ("reads the behaviour log-probs itself" if
+                                                  loss.needs_behavior_logprobs else "has no ratio"))
+    if cfg.trainer == "async" and spec.needs_values:
+        raise ValueError(f"algo.advantage={cfg.algo.advantage} needs a critic, which the async trainer does not "
+                         "train; use trainer=sync")
     if cfg.algo.reward_kl_coef > 0 and not spec.needs_values:
         raise ValueError(f"algo.reward_kl_coef applies to token-level estimators (those that need values, e.g. "
                          f"gae), not to {cfg.algo.advantage!r}")
@@ -110,9 +118,32 @@ def make_encoder(tokenizer: Any, system_prompt: str | None) -> Callable[[Problem
     return encode
 
 
+def needs_behavior_logprobs(cfg: TrainConfig) -> bool:
+    """The loss reads the sampler's log-probs (decoupled_ppo) or takes its ratio to them (old_logprobs=behavior)."""
+    loss = losses.spec(cfg.algo.loss)
+    return loss.needs_behavior_logprobs or (loss.needs_old_logprobs and cfg.algo.old_logprobs == "behavior")
+
+
 def sampling_params(cfg: TrainConfig) -> SamplingParams:
     r = cfg.rollout
-    return SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens, stop=r.stop)
+    return SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens, stop=r.stop,
+                          logprobs=needs_behavior_logprobs(cfg))
+
+
+@dataclass(frozen=True)
+class SamplerFactory:
+    """Builds a rollout worker's sampler from the config alone (so it can be shipped to a Ray actor): the
+    policy's initial weights (the same preset and LoRA initialisation as ``load_policy``) on model.device,
+    wrapped in an HFSampler. Workers then take the learner's weights by version (``load_weights``)."""
+
+    cfg: TrainConfig
+
+    def __call__(self) -> Any:
+        from rlvr.rollout import HFSampler
+
+        # The same trainable parameters as the learner's: load_weights matches them by name.
+        model, tokenizer = load_policy(self.cfg, resolve_device(self.cfg.model.device))
+        return HFSampler(model, tokenizer, max_batch_size=self.cfg.rollout.max_batch_size)
 
 
 def eval_params(cfg: TrainConfig) -> SamplingParams:

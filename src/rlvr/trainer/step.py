@@ -37,6 +37,8 @@ class UpdateSettings:
     max_new_tokens: int
     chunk_size: int
     seed: int
+    old_logprobs: str = "recompute"
+    """π_old of ratio losses: "recompute" (learner forward) or "behavior" (the sampler's log-probs)."""
 
 
 def _micro(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -109,6 +111,19 @@ def gather_rows(per_row: list[torch.Tensor] | None, rows: torch.Tensor, T: int) 
     return x
 
 
+def _behavior_logprobs(ro: Rollout, spec: losses.LossSpec, s: UpdateSettings) -> torch.Tensor | None:
+    """The sampler's log-probs [B, T] when the loss reads them (decoupled_ppo) or takes its ratio to them
+    (``old_logprobs="behavior"``); None otherwise. Missing ones are an error naming the cause."""
+    wanted = spec.needs_behavior_logprobs or (spec.needs_old_logprobs and s.old_logprobs == "behavior")
+    if not wanted:
+        return None
+    if ro.behavior_logprobs is None:
+        why = f"loss {s.loss!r}" if spec.needs_behavior_logprobs else f"algo.old_logprobs=behavior (loss {s.loss!r})"
+        raise ValueError(f"{why} needs the sampler's behaviour log-probs, but the rollout has none: sample "
+                         "with SamplingParams(logprobs=True)")
+    return ro.behavior_logprobs
+
+
 def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, batch: Batch,
                   s: UpdateSettings, *, step: int, reference: Callable[[], AbstractContextManager] | None = None,
                   log_ref_kl: bool = False, autocast: Callable[[], AbstractContextManager] = nullcontext
@@ -119,8 +134,10 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
     B = batch.rollout.lengths.shape[0]
     updates = s.num_iterations * s.mini_batches
     ro = batch.rollout
+    behavior = _behavior_logprobs(ro, spec, s)
+    use_behavior_as_old = behavior is not None and not spec.needs_behavior_logprobs
     old = frozen_logprobs(model, ro, s.micro_batch_size, s.chunk_size, autocast=autocast) \
-        if spec.needs_old_logprobs and updates > 1 else None
+        if spec.needs_old_logprobs and updates > 1 and not use_behavior_as_old else None
     want_ref = reference is not None and (s.kl_coef > 0 or log_ref_kl)
     ref = frozen_logprobs(model, ro, s.micro_batch_size, s.chunk_size, reference, autocast) if want_ref else None
     kl_fn = kl_estimators.get(s.kl_estimator)
@@ -144,12 +161,14 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
                 finite = False
                 break
             T = mask.shape[1]
-            old_mb = gather_rows(old, mb, T) if old is not None else lp.detach()
+            behav_mb = behavior[mb, :T].to(lp.device, lp.dtype) if behavior is not None else None
+            old_mb = behav_mb if use_behavior_as_old else gather_rows(old, mb, T) if old is not None else lp.detach()
             ref_mb = gather_rows(ref, mb, T)
             adv = batch.advantages[mb]
             adv = adv[:, :T] if adv.dim() == 2 else adv  # per-token advantages (gae) are [B, T_batch]
             x = losses.PolicyLossInputs(logprobs=lp, advantages=adv.to(lp.device),
-                                        loss_mask=mask, old_logprobs=old_mb, ref_logprobs=ref_mb)
+                                        loss_mask=mask, old_logprobs=old_mb, ref_logprobs=ref_mb,
+                                        behavior_logprobs=behav_mb if spec.needs_behavior_logprobs else None)
             per_token, stats = spec.fn(x, **s.loss_kwargs)
             if ref_mb is not None:
                 kl_tok = kl_fn(lp, ref_mb, loss_mask=mask)
@@ -163,6 +182,8 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
             loss.backward()
             total += float(loss.detach())
             add_tokens("policy/entropy", ent, mask)
+            if behav_mb is not None:  # how far the policy has moved from the one that sampled (staleness drift)
+                add_tokens("policy/behavior_kl", kl_estimators.get("k3")(lp.detach(), behav_mb, loss_mask=mask), mask)
             nll, sign = losses.nll_by_advantage_sign(x)  # ASymPO's scale-imbalance diagnostic
             add_tokens("policy/nll_pos", nll, mask & (sign > 0)[:, None])
             add_tokens("policy/nll_neg", nll, mask & (sign < 0)[:, None])

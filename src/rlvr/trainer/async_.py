@@ -1,0 +1,108 @@
+"""The asynchronous trainer: rollout workers generate the next batches while the learner trains on this one.
+
+A producer thread makes batches in order with the Collector of the sync loop (sampling on the rollout
+workers, scoring, advantages); the learner takes them, drops any sampled with weights more than
+``rollout.max_staleness`` updates old, trains on the rest with the shared update (``step.update_policy``),
+and publishes its new weights with their version. Admission control (``trainer.staleness``) holds the
+producer back so that batches are not made further ahead than the bound; at ``max_staleness=0`` this is the
+synchronous schedule, step for step (tested against ``sync.train``).
+
+Which objective handles the stale samples is the loss's business, read from its registry entry:
+behaviour-corrected losses get the samplers' log-probs (``decoupled_ppo``; ``ppo_clip`` / ``cispo`` with
+``algo.old_logprobs=behavior``), current-policy losses (``asympo``, ``spo``, ``current_policy``) need none
+and the samplers then return none.
+
+Rollout workers are threads of this process (``rollout.backend=thread``) or Ray actors (``ray``); a worker
+that dies or hangs is replaced and its prompts re-issued (``rollout.pool``). Estimators that need a critic
+are not supported here (the critic would need its own weight versions); ``build.check_algorithm`` says so.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rlvr import advantages
+from rlvr.config import TrainConfig
+from rlvr.models import trainable_state_dict
+from rlvr.rollout.pool import ThreadBackend, WorkerPool
+from rlvr.trainer import build
+from rlvr.trainer.checkpoint import TrainState
+from rlvr.trainer.run import Run, RunSummary, step_metrics, update_settings
+from rlvr.trainer.staleness import Chunk, Producer, StalenessGate, StalenessStats
+from rlvr.trainer.step import update_policy
+
+__all__ = ["train", "worker_pool"]
+
+
+def worker_pool(cfg: TrainConfig) -> WorkerPool:
+    """The rollout workers the config asks for, each with a sampler built from the config alone."""
+    r = cfg.rollout
+    factory = build.SamplerFactory(cfg)
+    if r.backend == "ray":
+        from rlvr.rollout.ray_backend import RayBackend
+        backend: Any = RayBackend(factory, address=r.ray_address, threads=r.worker_threads)
+    else:
+        backend = ThreadBackend(factory)
+    return WorkerPool(backend, r.num_workers, timeout_s=r.worker_timeout_s, max_restarts=r.max_worker_restarts)
+
+
+def _take_fresh(producer: Producer, gate: StalenessGate, version: int, stats: StalenessStats) -> tuple[Chunk, int]:
+    """The next chunk sampled at most ``max_staleness`` versions ago; older ones are dropped and counted."""
+    dropped = 0
+    while True:
+        chunk = producer.take()
+        ro = chunk.batch.rollout
+        if version - ro.policy_version <= gate.max_staleness:
+            return chunk, dropped
+        samples = int(chunk.batch.metrics.get("rollout/samples", ro.lengths.shape[0]))
+        dropped += samples
+        stats.dropped_samples += samples
+        stats.dropped_chunks += 1
+        gate.drop()
+
+
+def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False,
+          console: Any = None) -> RunSummary:
+    """Run (or, with ``resume``, continue) asynchronous training; returns where the run lives and its eval
+    accuracies."""
+    settings = update_settings(cfg)
+    with Run(cfg, run_dir, resume, console) as r, worker_pool(cfg) as workers:
+        ses, extras = r.ses, r.ses.state.extras
+        version = ses.state.policy_version
+        workers.publish(version, trainable_state_dict(ses.model))
+        gate = StalenessGate(cfg.rollout.max_staleness, version, dropped=extras.get("async_dropped_chunks", 0))
+        stats = StalenessStats(cfg.rollout.max_staleness)
+        # AAPO's reference samples come from a frozen copy of the initial policy (LoRA B = 0 is the base model).
+        ref_sampler = build.SamplerFactory(cfg)() \
+            if advantages.spec(cfg.algo.advantage).needs_reference_samples else None
+        collector = build.make_collector(cfg, ses.stream, ses.encode, workers, r.pool, ref_sampler, None)
+        producer = Producer(collector.collect, lambda: ses.stream.position, gate,
+                            start=extras.get("async_next_chunk", ses.state.step))
+        autocast = build.autocast_factory(cfg, next(ses.model.parameters()).device)
+        reference = ses.reference.context if ses.reference is not None else None
+        try:
+            for step in range(ses.state.step, cfg.steps):
+                t0 = time.perf_counter()
+                chunk, dropped = _take_fresh(producer, gate, version, stats)
+                t1 = time.perf_counter()
+                staleness = version - chunk.batch.rollout.policy_version
+                upd = update_policy(ses.model, ses.optimizer, ses.scheduler, chunk.batch, settings, step=step,
+                                    reference=reference, log_ref_kl=cfg.log.ref_kl and reference is not None,
+                                    autocast=autocast)
+                version += 1
+                workers.publish(version, trainable_state_dict(ses.model))
+                gate.publish(version)
+                ses.sampler.version = version  # the learner-side evaluator's sampler
+                metrics = {**step_metrics(chunk.batch, upd, version, (t0, t1, time.perf_counter()),
+                                          cfg.algo.num_iterations),
+                           **stats.metrics(staleness, chunk.batch.rollout.lengths.shape[0], dropped, t1 - t0),
+                           "async/ready_chunks": float(producer.ready()),
+                           "rollout/worker_restarts": float(workers.stats.restarts),
+                           "rollout/reissued_prompts": float(workers.stats.reissued_prompts)}
+                r.end_step(step, chunk.batch, metrics,
+                           TrainState(step + 1, chunk.position, version,
+                                      {"async_next_chunk": chunk.index + 1, "async_dropped_chunks": gate.dropped}))
+        finally:
+            producer.close(timeout=cfg.rollout.worker_timeout_s)
+    return r.summary()
