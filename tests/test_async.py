@@ -23,6 +23,14 @@ PARAMS = SamplingParams(temperature=1.0, max_new_tokens=6, logprobs=True)
 PROMPTS = [[1, 2], [3], [4, 5, 6], [7], [8, 9]]
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A trainer run with model.threads set changes torch's thread count for the whole process."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 def _strip_perf(rows):
     return [{k: v for k, v in r.items() if not k.startswith(("perf/", "async/", "rollout/worker", "rollout/reissued"))
              and k != "eval/seconds"} for r in rows]
@@ -230,8 +238,10 @@ ASYNC = ["trainer=async", "eval.at_start=false"]
 def test_staleness_zero_reproduces_the_synchronous_trainer_step_for_step(tmp_path, extra):
     from rlvr.trainer import async_, sync
 
-    sync.train(load_config(None, [*TINY, "steps=3", "eval.at_start=false", *extra]), run_dir=tmp_path / "sync")
-    async_.train(load_config(None, [*TINY, "steps=3", *ASYNC, "rollout.max_staleness=0", *extra]),
+    # The same torch threads in both: a matmul's rounding depends on how its reduction is split.
+    one = ["model.threads=1", *extra]
+    sync.train(load_config(None, [*TINY, "steps=3", "eval.at_start=false", *one]), run_dir=tmp_path / "sync")
+    async_.train(load_config(None, [*TINY, "steps=3", *ASYNC, "rollout.max_staleness=0", *one]),
                  run_dir=tmp_path / "async")
     a, b = read_metrics(tmp_path / "sync"), read_metrics(tmp_path / "async")
     assert _strip_perf(a) == _strip_perf(b)

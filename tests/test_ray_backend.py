@@ -255,3 +255,39 @@ def test_hf_sampler_in_an_actor_matches_in_process(ray_runtime):
         assert got.policy_version == 1
         assert torch.equal(got.completion_ids, want2.completion_ids) and torch.equal(got.lengths, want2.lengths)
         assert not torch.equal(want2.completion_ids, want.completion_ids)  # the new weights changed the rollout
+
+
+def test_async_trainer_on_ray_trains_and_survives_a_killed_worker(ray_runtime, tmp_path, monkeypatch):
+    """The trainer with rollout.backend=ray: a rollout actor killed between steps is replaced and the run ends
+    with every step trained within the staleness bound."""
+    import math
+
+    from rlvr.config import load_config
+    from rlvr.metrics import read_metrics
+    from rlvr.trainer import async_
+
+    from test_train_e2e import TINY
+
+    pools = []
+    real_pool, real_update = async_.worker_pool, async_.update_policy
+
+    def capture(cfg):
+        pools.append(real_pool(cfg))
+        return pools[-1]
+
+    def update_then_kill(*args, step, **kw):
+        out = real_update(*args, step=step, **kw)
+        if step == 1:
+            ray.kill(pools[0]._workers[0].actor, no_restart=True)
+        return out
+    monkeypatch.setattr(async_, "worker_pool", capture)
+    monkeypatch.setattr(async_, "update_policy", update_then_kill)
+    cfg = load_config(None, [*TINY, "steps=4", "trainer=async", "rollout.backend=ray", "rollout.max_staleness=1",
+                             "algo.loss=asympo", "eval.at_start=false", "rollout.worker_threads=1",
+                             f"rollout.worker_cpus={ACTOR_CPUS}"])
+    async_.train(cfg, run_dir=tmp_path / "r")
+    rows = [r for r in read_metrics(tmp_path / "r") if "loss/policy" in r]
+    assert len(rows) == 4 and all(math.isfinite(r["loss/policy"]) for r in rows)
+    assert all(r["async/staleness"] <= 1 for r in rows) and rows[-1]["policy/version"] == 4
+    assert rows[-1]["rollout/worker_restarts"] >= 1
+    assert ray.is_initialized()  # the trainer joined the runtime it found and left it running

@@ -13,6 +13,7 @@ from rlvr.models import tiny_random
 from rlvr.rollout import (HFSampler, Sampler, inverse_cdf_sample, nucleus_filter, plan_batches, row_keys, token_probs,
                           uniforms)
 from rlvr.rollout.hf import GQA_SDPA, _sdpa_gqa_attention
+from rlvr.rollout.sampler import check_generate_args
 from rlvr.types import SamplingParams
 
 EOS = 2
@@ -440,6 +441,38 @@ def test_bad_inputs_raise_value_errors(tiny):
         sampler.generate([[5]], SamplingParams(stop=("",)), n=1, seed=0)
     with pytest.raises(ValueError, match="max_batch_size"):
         HFSampler(model, tok, max_batch_size=0)
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    (dict(params=None), "params must be a SamplingParams"),
+    (dict(params=SamplingParams(stop=("a", ""))), "params.stop strings must be non-empty"),
+    (dict(n=0), "n must be"), (dict(n=True), "n must be"), (dict(n=2.0), "n must be"),
+    (dict(seed="1"), "seed must be"), (dict(seed=False), "seed must be"),
+    (dict(prompt_ids="12"), "prompt_ids must be"), (dict(prompt_ids=torch.tensor([[1]])), "prompt_ids must be"),
+    (dict(prompt_ids=[[1], []]), r"prompt_ids\[1\]: prompt 1 must be a non-empty"),
+    (dict(prompt_ids=[[1], "ab"]), r"prompt_ids\[1\]: prompt 1 must be"),
+    (dict(prompt_ids=[[1, True]]), r"prompt_ids\[0\]: .*True"),
+    (dict(prompt_ids=[[1], [2.0]]), r"prompt_ids\[1\]: prompt 1 has token 2\.0"),
+    (dict(prompt_ids=[[1, -3]]), r"prompt_ids\[0\]: prompt 0 has token -3, not an int >= 0"),
+])
+def test_check_generate_args_names_the_argument(kwargs, pattern):
+    args = dict(prompt_ids=[[1]], params=SamplingParams(), n=1, seed=0) | kwargs
+    with pytest.raises(ValueError, match=r"^Who\.generate: " + pattern):
+        check_generate_args("Who.generate", args["prompt_ids"], args["params"], args["n"], args["seed"])
+
+
+def test_check_generate_args_vocab_bound_tensors_and_empty():
+    params = SamplingParams()
+    got = check_generate_args("S", [torch.tensor([0, 9]), (3,), [4]], params, 2, 7, vocab_size=10)
+    assert got == [[0, 9], [3], [4]] and all(type(t) is int for p in got for t in p)
+    assert check_generate_args("S", [[10**6]], params, 1, 0) == [[10**6]]           # no vocabulary: any id >= 0
+    with pytest.raises(ValueError, match=r"prompt_ids\[1\]: prompt 1 has token 10, not an int in \[0, 10\)"):
+        check_generate_args("S", [[9], [10]], params, 1, 0, vocab_size=10)
+    with pytest.raises(ValueError, match=r"has token -1, not an int in \[0, 10\)"):
+        check_generate_args("S", [[-1]], params, 1, 0, vocab_size=10)
+    assert check_generate_args("S", [], params, 1, 0) == []
+    with pytest.raises(ValueError, match="prompt_ids must be a non-empty list of token-id lists, got an empty list"):
+        check_generate_args("S", [], params, 1, 0, allow_empty=False)
 
 
 def test_bench_counts_tokens_and_reports_ratios(tiny):

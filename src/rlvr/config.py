@@ -53,7 +53,8 @@ class ModelConfig:
     logprob_chunk_size: int = 1024
     """Token positions per chunk of the chunked log-softmax."""
     threads: int | None = None
-    """torch CPU threads (None: torch's default)."""
+    """torch CPU threads (None: torch's default; the async trainer with thread workers then takes half the
+    cores, so that generation and training each run on their own half)."""
 
     def __post_init__(self) -> None:
         _one_of(self, "device", ("cpu", "cuda", "auto"))
@@ -123,7 +124,9 @@ class RolloutConfig:
     ray_address: str | None = None
     """backend=ray: None starts a local Ray; "auto" or host:port joins a running cluster."""
     worker_threads: int | None = None
-    """backend=ray: torch threads in each rollout actor (None: torch's default)."""
+    """backend=ray: torch threads in each rollout actor (None: Ray's default, one per reserved CPU)."""
+    worker_cpus: float = 1.0
+    """backend=ray: CPUs Ray reserves for each rollout actor."""
 
     def __post_init__(self) -> None:
         _positive(self, "prompts_per_step", "group_size", "max_new_tokens", "max_batch_size", "num_workers")
@@ -132,8 +135,9 @@ class RolloutConfig:
             raise ConfigError("rollout.max_refill_rounds, rollout.max_staleness and rollout.max_worker_restarts "
                               f"must be >= 0, got {self.max_refill_rounds}, {self.max_staleness}, "
                               f"{self.max_worker_restarts}")
-        if not self.worker_timeout_s > 0:
-            raise ConfigError(f"rollout.worker_timeout_s must be > 0, got {self.worker_timeout_s}")
+        if not self.worker_timeout_s > 0 or not self.worker_cpus > 0:
+            raise ConfigError(f"rollout.worker_timeout_s and rollout.worker_cpus must be > 0, got "
+                              f"{self.worker_timeout_s}, {self.worker_cpus}")
 
 
 @dataclass(frozen=True)

@@ -120,8 +120,8 @@ def _staleness_summary(staleness: list[int]) -> str:
 
 def _bench_sim(args: argparse.Namespace) -> list[str]:
     lines = [f"setting sim: {args.steps} steps x {args.prompts * args.group_size} samples; generation "
-             f"{args.gen_s:g} s/batch, training {args.train_s:g} s/step; median of {args.repeats} alternating "
-             "repeats", "",
+             f"{args.gen_s:g} s/batch, training {args.train_s:g} s/step, weights visible to the sampler "
+             f"{args.weight_delay_s:g} s after publishing; median of {args.repeats} alternating repeats", "",
              "| trainer | max_staleness | seconds | samples/s | speed-up vs sync | staleness (value:steps) | "
              "dropped |", "|:--|--:|--:|--:|--:|:--|--:|"]
     variants: list[int | None] = [None, *args.staleness]
@@ -129,7 +129,8 @@ def _bench_sim(args: argparse.Namespace) -> list[str]:
     for _ in range(args.repeats):
         for v in variants:
             results[v].append(run_sim(steps=args.steps, gen_s=args.gen_s, train_s=args.train_s, max_staleness=v,
-                                      prompts=args.prompts, group_size=args.group_size))
+                                      prompts=args.prompts, group_size=args.group_size,
+                                      weight_delay_s=args.weight_delay_s))
     base = statistics.median(r["seconds"] for r in results[None])
     for v in variants:
         secs = statistics.median(r["seconds"] for r in results[v])
@@ -209,6 +210,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=_positive_int, default=3)
     p.add_argument("--gen-s", type=float, default=0.2, help="sim: seconds of generation per batch")
     p.add_argument("--train-s", type=float, default=0.2, help="sim: seconds of training per step")
+    p.add_argument("--weight-delay-s", type=float, default=0.0,
+                   help="sim: seconds before published weights reach the sampler (late weights cause drops)")
     p.add_argument("--prompts", type=_positive_int, default=None, help="prompts per step (sim 8, tiny-arith 4: "
                    "there generation then costs about what training does)")
     p.add_argument("--group-size", type=_positive_int, default=8)

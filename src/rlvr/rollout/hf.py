@@ -59,6 +59,7 @@ from rlvr.attention import GQA_SDPA
 from rlvr.attention import gqa_attention as _gqa_attention
 from rlvr.attention import sdpa_gqa_attention as _sdpa_gqa_attention  # noqa: F401  (tests compare it with HF's)
 from rlvr.models import load_trainable_state_dict
+from rlvr.rollout.sampler import check_generate_args
 from rlvr.types import Rollout, SamplingParams
 
 Tensor = torch.Tensor
@@ -396,7 +397,7 @@ class HFSampler:
         Deterministic in ``seed``; row (i, j) depends only on (model, prompt i, params, seed, i, j) up to the
         floating-point rounding of batched forwards (see the module docstring). Runs under inference_mode.
         """
-        prompts = self._check_inputs(prompt_ids, params, n, seed)
+        prompts = check_generate_args("HFSampler.generate", prompt_ids, params, n, seed, vocab_size=self.vocab_size)
         device = next(self.model.parameters()).device
         B = len(prompts) * n
         out = torch.full((B, params.max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
@@ -428,34 +429,6 @@ class HFSampler:
         version = check_weights_version(self.version, version, "HFSampler")
         load_trainable_state_dict(self.model, weights)
         self.version = version
-
-    # -- checks ----------------------------------------------------------------------------------
-
-    def _check_inputs(self, prompt_ids: Any, params: SamplingParams, n: int, seed: int) -> list[list[int]]:
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"HFSampler.generate: params must be a SamplingParams, got {type(params).__name__}")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"HFSampler.generate: n must be a positive int, got {n!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"HFSampler.generate: seed must be an int, got {seed!r}")
-        if any(not isinstance(s, str) or not s for s in params.stop):
-            raise ValueError(f"HFSampler.generate: stop strings must be non-empty str, got {params.stop!r}")
-        if isinstance(prompt_ids, (str, bytes)) or not isinstance(prompt_ids, Sequence):
-            raise ValueError("HFSampler.generate: prompt_ids must be a list of token-id lists, "
-                             f"got {type(prompt_ids).__name__}")
-        prompts = []
-        for i, p in enumerate(prompt_ids):
-            if isinstance(p, Tensor):
-                p = p.tolist()
-            if isinstance(p, (str, bytes)) or not isinstance(p, Sequence) or len(p) == 0:
-                raise ValueError(f"HFSampler.generate: prompt {i} must be a non-empty list of token ids, got {p!r}")
-            bad = [t for t in p if isinstance(t, bool) or not isinstance(t, numbers.Integral)
-                   or not 0 <= t < self.vocab_size]
-            if bad:
-                raise ValueError(f"HFSampler.generate: prompt {i} has token {bad[0]!r}, "
-                                 f"not an int in [0, {self.vocab_size})")
-            prompts.append([int(t) for t in p])
-        return prompts
 
     # -- decoding --------------------------------------------------------------------------------
 

@@ -44,11 +44,12 @@ import numbers
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
 from rlvr.rollout.hf import inverse_cdf_sample, row_keys, token_probs, uniforms
+from rlvr.rollout.sampler import check_generate_args
 from rlvr.types import Rollout, SamplingParams
 
 Tensor = torch.Tensor
@@ -181,7 +182,7 @@ class SimSampler:
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, *, n: int, seed: int) -> Rollout:
         """Sample n completions per prompt with the version visible now.   P prompts -> Rollout with B = P·n rows,
         prompt-major; completion_ids Long[B, T], T = max(lengths); behavior_logprobs Float32[B, T] or None."""
-        prompts = self._check_inputs(prompt_ids, params, n, seed)
+        prompts = check_generate_args("SimSampler.generate", prompt_ids, params, n, seed, allow_empty=False)
         version = self.version
         logits = self.logits(version)                                                        # [V]
         tokens = self._sample(logits, len(prompts), params, n, seed)                        # [B, M]
@@ -226,26 +227,3 @@ class SimSampler:
             if len(rows) == 0:
                 break
         return out
-
-    def _check_inputs(self, prompt_ids: Any, params: Any, n: Any, seed: Any) -> list[list[int]]:
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"SimSampler.generate: params must be a SamplingParams, got {type(params).__name__}")
-        if not _is_int(n) or n < 1:
-            raise ValueError(f"SimSampler.generate: n must be a positive int, got {n!r}")
-        if not _is_int(seed):
-            raise ValueError(f"SimSampler.generate: seed must be an int, got {seed!r}")
-        if isinstance(prompt_ids, (str, bytes)) or not isinstance(prompt_ids, Sequence) or len(prompt_ids) == 0:
-            raise ValueError(f"SimSampler.generate: prompt_ids must be a non-empty list of token-id lists, "
-                             f"got {prompt_ids!r}")
-        prompts = []
-        for i, p in enumerate(prompt_ids):
-            if isinstance(p, Tensor):
-                p = p.tolist()
-            if isinstance(p, (str, bytes)) or not isinstance(p, Sequence) or len(p) == 0:
-                raise ValueError(f"SimSampler.generate: prompt_ids[{i}] must be a non-empty list of token ids, "
-                                 f"got {p!r}")
-            bad = [t for t in p if not _is_int(t)]
-            if bad:
-                raise ValueError(f"SimSampler.generate: prompt_ids[{i}] has {bad[0]!r}, not an int token id")
-            prompts.append([int(t) for t in p])
-        return prompts

@@ -42,13 +42,13 @@ What this relies on from vLLM (checked against its documentation for 0.10 and la
 """
 from __future__ import annotations
 
-import numbers
 from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import torch
 
 from rlvr.rollout.hf import _eos_ids, check_weights_version
+from rlvr.rollout.sampler import check_generate_args
 from rlvr.seeding import derive_seed
 from rlvr.types import Rollout, SamplingParams
 
@@ -277,7 +277,7 @@ class VLLMSampler:
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, *, n: int, seed: int) -> Rollout:
         """Sample n completions per prompt.   P prompts -> Rollout with B = P·n rows, prompt-major,
         ``policy_version = self.version``; the same seed gives the same rollout (up to GPU nondeterminism)."""
-        prompts = _check_generate_args(prompt_ids, params, n, seed)
+        prompts = check_generate_args("VLLMSampler.generate", prompt_ids, params, n, seed)
         if not prompts:
             return rollout_from_outputs([], [], n, self.version, params.logprobs, self.pad_token_id)
         requests = [{"prompt_token_ids": p} for p in prompts for _ in range(n)]
@@ -312,27 +312,3 @@ def _generation_config(model: str) -> Any:
         return GenerationConfig.from_pretrained(model)
     except (OSError, ValueError):
         return None
-
-
-def _check_generate_args(prompt_ids: Any, params: SamplingParams, n: int, seed: int) -> list[list[int]]:
-    """Prompts as lists of ints after the checks HFSampler makes (vLLM checks the ids against its vocabulary)."""
-    if not isinstance(params, SamplingParams):
-        raise ValueError(f"VLLMSampler.generate: params must be a SamplingParams, got {type(params).__name__}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"VLLMSampler.generate: n must be a positive int, got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"VLLMSampler.generate: seed must be an int, got {seed!r}")
-    if any(not isinstance(s, str) or not s for s in params.stop):
-        raise ValueError(f"VLLMSampler.generate: stop strings must be non-empty str, got {params.stop!r}")
-    if isinstance(prompt_ids, (str, bytes)) or not isinstance(prompt_ids, Sequence):
-        raise ValueError(f"VLLMSampler.generate: prompt_ids must be a list of token-id lists, got "
-                         f"{type(prompt_ids).__name__}")
-    prompts = []
-    for i, p in enumerate(prompt_ids):
-        if isinstance(p, Tensor):
-            p = p.tolist()
-        if isinstance(p, (str, bytes)) or not isinstance(p, Sequence) or len(p) == 0 or any(
-                isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0 for t in p):
-            raise ValueError(f"VLLMSampler.generate: prompt {i} must be a non-empty list of token ids, got {p!r}")
-        prompts.append([int(t) for t in p])
-    return prompts

@@ -142,7 +142,6 @@ class Run:
     def __enter__(self) -> "Run":
         from rich.console import Console
 
-        from rlvr.data import problems_hash
         from rlvr.rewards import RewardPool
 
         self._t_start = time.perf_counter()
@@ -157,13 +156,16 @@ class Run:
                                                         resume_step=self.ses.state.step if self.resume else None))
             self.pool = self._stack.enter_context(RewardPool(num_workers=cfg.reward.num_workers,
                                                              timeout_s=cfg.reward.timeout_s))
-            self._start(problems_hash)
+            self._start()
         except BaseException:
             self._stack.close()
             raise
         return self
 
-    def _start(self, problems_hash: Any) -> None:
+    def _start(self) -> None:
+        """Log the data sizes and evaluate at the start (new runs); open the progress bar."""
+        from rlvr.data import problems_hash
+
         cfg = self.cfg
         run = self.ses.run
         if not self.resume:
