@@ -85,7 +85,7 @@ def _simulate(eta: int, gen_s: float, train_s: float, steps: int, weight_delay_s
 
 @pytest.mark.parametrize("eta", [0, 1, 3])
 def test_fast_generation_runs_ahead_exactly_to_the_bound_and_no_further(eta):
-    staleness, started, stats = _simulate(eta, gen_s=0.0, train_s=0.03, steps=8)
+    staleness, started, stats = _simulate(eta, gen_s=0.0, train_s=0.1, steps=8)
     assert max(staleness) == eta and all(0 <= s <= eta for s in staleness)
     assert staleness[eta:] == [eta] * (8 - eta)  # generation is free: every chunk is as old as allowed
     for chunk, version in started:
