@@ -328,3 +328,110 @@ class TestRealVLLM:
             assert ours.policy_version == (version or 0)
         with pytest.raises(ValueError, match="older"):
             sampler.load_weights(0, model.state_dict())
+
+
+# ----------------------------------------------------------------------------------------------
+# The trainer's side of rollout.engine=vllm: merged weights, the model folder, the config rule
+# ----------------------------------------------------------------------------------------------
+
+def _lora_tiny():
+    from rlvr.models import apply_lora, tiny_random
+
+    model, _ = tiny_random(0)
+    model = apply_lora(model, rank=4, alpha=8, target_modules=("q_proj", "v_proj"))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # B = 0 at init would make the merge trivially the base weights
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+def test_merged_state_dict_equals_peft_merge_and_unload():
+    import copy
+
+    from rlvr.models import merged_state_dict, tiny_random
+
+    model = _lora_tiny()
+    merged = merged_state_dict(model)
+    reference = copy.deepcopy(model).merge_and_unload()
+    expected = {n: p.detach() for n, p in reference.named_parameters()}
+    assert set(merged) == set(expected) == {n for n, _ in tiny_random(0)[0].named_parameters()}
+    for name in expected:
+        assert torch.allclose(merged[name], expected[name], atol=1e-6), name
+    changed = [n for n in expected if not torch.equal(merged[n], dict(tiny_random(0)[0].named_parameters())[n])]
+    assert changed and all("q_proj" in n or "v_proj" in n for n in changed)
+    plain, _ = tiny_random(0)
+    assert all(torch.equal(merged_state_dict(plain)[n], p) for n, p in plain.named_parameters())
+
+
+def test_pretrained_dir_maps_presets_to_folders():
+    from rlvr.models import TINY_ARITH_DIR, ModelLoadError, pretrained_dir
+
+    assert pretrained_dir("tiny-arith") == str(TINY_ARITH_DIR)
+    assert pretrained_dir("org/some-model") == "org/some-model"
+    with pytest.raises(ModelLoadError, match="built in memory"):
+        pretrained_dir("tiny-random")
+
+
+def test_the_vllm_engine_needs_the_async_trainer():
+    from rlvr.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="rollout.engine=vllm .* needs trainer=async"):
+        load_config(None, ["rollout.engine=vllm"])
+    assert load_config(None, ["rollout.engine=vllm", "trainer=async"]).rollout.engine == "vllm"
+
+
+class _FakeVLLMSampler:
+    """Stands in for VLLMSampler: an HFSampler on the model folder, taking full weights as vLLM does."""
+
+    built: list = []
+
+    def __init__(self, model, *, dtype, **kwargs):
+        from rlvr.models import load_model
+        from rlvr.rollout import HFSampler
+
+        m, tok = load_model(model, dtype=dtype)
+        self.hf, self.model_dir, self.kwargs, self.loaded = HFSampler(m, tok), model, kwargs, []
+        _FakeVLLMSampler.built.append(self)
+
+    @property
+    def version(self):
+        return self.hf.version
+
+    def generate(self, *args, **kwargs):
+        return self.hf.generate(*args, **kwargs)
+
+    def load_weights(self, version, weights):
+        missing, unexpected = self.hf.model.load_state_dict(weights, strict=False)
+        tied = {"lm_head.weight"} if self.hf.model.config.tie_word_embeddings else set()
+        assert not unexpected and set(missing) <= tied, (missing, unexpected)  # a tied head comes once
+        self.loaded.append((version, sorted(weights)))
+        self.hf.version = version
+
+
+def test_async_trainer_with_the_vllm_engine_publishes_merged_weights(tmp_path, monkeypatch):
+    import rlvr.rollout.vllm as vllm_mod
+    from rlvr.config import load_config
+    from rlvr.metrics import read_metrics
+    from rlvr.models import TINY_ARITH_DIR, load_model
+    from rlvr.trainer import train
+
+    monkeypatch.setattr(vllm_mod, "VLLMSampler", _FakeVLLMSampler)
+    _FakeVLLMSampler.built = []
+    cfg = load_config(None, ["model.name=tiny-arith", "model.lora=true", "data.source=arith", "data.task_kwargs={}",
+                             "data.verifier=int", "data.size=60", "data.eval_size=8", "rollout.prompts_per_step=2",
+                             "rollout.group_size=4", "rollout.max_new_tokens=8", "reward.num_workers=0",
+                             "log.progress=false", "log.tensorboard=false", "eval.at_start=false", "steps=3",
+                             "trainer=async", "rollout.engine=vllm", "rollout.max_staleness=0",
+                             "rollout.vllm_kwargs={gpu_memory_utilization: 0.3}"])
+    train(cfg, run_dir=tmp_path / "r")
+    assert len(_FakeVLLMSampler.built) == 1
+    fake = _FakeVLLMSampler.built[0]
+    assert fake.model_dir == str(TINY_ARITH_DIR) and fake.kwargs == {"gpu_memory_utilization": 0.3}
+    base_names = sorted(n for n, _ in load_model("tiny-arith")[0].named_parameters())
+    versions = [v for v, _ in fake.loaded]
+    assert versions[:2] == [1, 2] and versions == sorted(versions)
+    assert all(names == base_names for _, names in fake.loaded)  # full HF names, no LoRA parameters
+    rows = [r for r in read_metrics(tmp_path / "r") if "loss/policy" in r]
+    assert [r["policy/version"] for r in rows] == [1, 2, 3] and all(r["async/staleness"] == 0 for r in rows)

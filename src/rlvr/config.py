@@ -112,6 +112,11 @@ class RolloutConfig:
     max_staleness: int = 1
     """Async trainer: a batch sampled with weights more than this many learner steps old is never trained on
     (dropped and counted), and generation waits rather than run further ahead (0 = synchronous)."""
+    engine: str = "hf"
+    """Async trainer: what samples on the rollout workers, hf (HFSampler, CPU or GPU) or vllm (VLLMSampler;
+    pip install 'rlvr[vllm]', CUDA GPUs; workers get the learner's LoRA-merged full weights each version)."""
+    vllm_kwargs: dict[str, Any] = field(default_factory=dict)
+    """engine=vllm: keyword arguments of VLLMSampler (gpu_memory_utilization, max_model_len, enforce_eager, ...)."""
     backend: str = "thread"
     """Async trainer: where rollout workers run, thread (in this process) or ray (actors; local or a cluster)."""
     num_workers: int = 1
@@ -131,6 +136,7 @@ class RolloutConfig:
     def __post_init__(self) -> None:
         _positive(self, "prompts_per_step", "group_size", "max_new_tokens", "max_batch_size", "num_workers")
         _one_of(self, "backend", ("thread", "ray"))
+        _one_of(self, "engine", ("hf", "vllm"))
         if self.max_refill_rounds < 0 or self.max_staleness < 0 or self.max_worker_restarts < 0:
             raise ConfigError("rollout.max_refill_rounds, rollout.max_staleness and rollout.max_worker_restarts "
                               f"must be >= 0, got {self.max_refill_rounds}, {self.max_staleness}, "
@@ -288,6 +294,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _positive(self, "steps")
         _one_of(self, "trainer", ("sync", "async"))
+        if self.rollout.engine == "vllm" and self.trainer != "async":
+            raise ConfigError("rollout.engine=vllm samples on rollout workers: it needs trainer=async "
+                              "(rollout.max_staleness=0 is the synchronous schedule)")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -428,6 +428,53 @@ def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             for name, p in model.named_parameters() if p.requires_grad}
 
 
+def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's weights under the base model's Hugging Face names, LoRA deltas merged in.
+
+    For a PEFT LoRA model, each adapted weight is W + scaling·B·A (``LoraLayer.get_delta_weight``), without
+    changing the model; names drop PEFT's ``base_model.model.`` prefix and ``.base_layer`` infix, adapter
+    parameters are left out. A plain model gives its named parameters. Detached CPU copies; tied
+    parameters appear once. This is what an inference engine that holds full weights (vLLM) loads.
+    """
+    deltas: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
+            for adapter in getattr(module, "active_adapters", []):
+                if adapter in getattr(module, "lora_A", {}):
+                    with torch.no_grad():
+                        d = module.get_delta_weight(adapter)
+                    key = f"{name}.base_layer.weight"
+                    deltas[key] = deltas[key] + d if key in deltas else d
+    out = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_" in name:
+                continue
+            w = p.detach()
+            if name in deltas:
+                w = w + deltas[name].to(w.dtype)
+            base = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+            out[base] = w.to("cpu", copy=True).contiguous()
+    return out
+
+
+def pretrained_dir(name: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """A folder (or hub id) holding ``name``'s weights in Hugging Face layout, for engines that load by path.
+
+    Presets map to their folders (tiny-arith's shipped one, SmolLM2's converted cache, converting it
+    first if needed); ``tiny-random`` exists only in memory and is refused; anything else is returned as
+    it is (a ``save_pretrained`` folder or a hub id).
+    """
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if name == "tiny-arith":
+        return str(TINY_ARITH_DIR)
+    if name == "smollm2-135m-instruct":
+        return str(ensure_smollm2_cache(cache))
+    if name in MODELS.names() or ":" in name and not Path(name).expanduser().is_dir():
+        raise ModelLoadError(f"model {name!r} is built in memory and has no folder to load from")
+    return name
+
+
 def load_trainable_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Copy ``state`` into the model's trainable parameters; the key sets must match exactly.
 

@@ -12,8 +12,9 @@ behaviour-corrected losses get the samplers' log-probs (``decoupled_ppo``; ``ppo
 ``algo.old_logprobs=behavior``), current-policy losses (``asympo``, ``spo``, ``current_policy``) need none
 and the samplers then return none.
 
-Rollout workers are threads of this process (``rollout.backend=thread``) or Ray actors (``ray``); a worker
-that dies or hangs is replaced and its prompts re-issued (``rollout.pool``). Estimators that need a critic
+Rollout workers are threads of this process (``rollout.backend=thread``) or Ray actors (``ray``), sampling
+with HFSampler or, with ``rollout.engine=vllm``, vLLM (then the learner publishes LoRA-merged full weights);
+a worker that dies or hangs is replaced and its prompts re-issued (``rollout.pool``). Estimators that need a critic
 are not supported here (the critic would need its own weight versions); ``build.check_algorithm`` says so.
 """
 from __future__ import annotations
@@ -28,7 +29,6 @@ import torch
 
 from rlvr import advantages
 from rlvr.config import TrainConfig
-from rlvr.models import trainable_state_dict
 from rlvr.rollout.pool import ThreadBackend, WorkerPool
 from rlvr.trainer import build
 from rlvr.trainer.checkpoint import TrainState
@@ -88,7 +88,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
     with _stage_threads(cfg), Run(cfg, run_dir, resume, console) as r, worker_pool(cfg) as workers:
         ses, extras = r.ses, r.ses.state.extras
         version = ses.state.policy_version
-        workers.publish(version, trainable_state_dict(ses.model))
+        workers.publish(version, build.worker_weights(cfg, ses.model))
         gate = StalenessGate(cfg.rollout.max_staleness, version, dropped=extras.get("async_dropped_chunks", 0))
         stats = StalenessStats(cfg.rollout.max_staleness)
         # AAPO's reference samples come from a frozen copy of the initial policy (LoRA B = 0 is the base model).
@@ -109,7 +109,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
                                     reference=reference, log_ref_kl=cfg.log.ref_kl and reference is not None,
                                     autocast=autocast)
                 version += 1
-                workers.publish(version, trainable_state_dict(ses.model))
+                workers.publish(version, build.worker_weights(cfg, ses.model))
                 gate.publish(version)
                 ses.sampler.version = version  # the learner-side evaluator's sampler
                 metrics = {**step_metrics(chunk.batch, upd, version, (t0, t1, time.perf_counter()),
