@@ -109,6 +109,18 @@ def test_weights_that_arrive_late_are_dropped_never_trained_on():
     assert m["async/dropped_frac"] == pytest.approx(stats.dropped_samples / (stats.dropped_samples + 14))
 
 
+def test_staleness_stats_survive_a_checkpoint_as_json():
+    import json
+
+    stats = StalenessStats(2)
+    stats.metrics(1, 8, 0, 0.0)
+    stats.metrics(2, 8, 0, 0.0)
+    stats.dropped_samples, stats.dropped_chunks = 16, 2
+    back = StalenessStats.from_state(2, json.loads(json.dumps(stats.state())))
+    assert back == stats
+    assert StalenessStats.from_state(2, None) == StalenessStats(2)
+
+
 def test_staleness_metrics_count_the_run_so_far():
     stats = StalenessStats(2)
     stats.metrics(0, 8, 0, 0.1)
@@ -325,7 +337,12 @@ def test_async_resume_continues_the_run(tmp_path, monkeypatch):
         async_.train(cfg, run_dir=tmp_path / "resumed")
     monkeypatch.setattr(async_, "update_policy", real)
     async_.train(cfg, run_dir=tmp_path / "resumed", resume=True)
-    assert _strip_perf(read_metrics(tmp_path / "straight")) == _strip_perf(read_metrics(tmp_path / "resumed"))
+    a, b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    assert _strip_perf(a) == _strip_perf(b)
+    # the staleness statistics continue from the checkpoint too (timings and queue sizes aside)
+    keep = lambda rows: [{k: v for k, v in r.items() if k.startswith("async/staleness") or  # noqa: E731
+                          k.startswith("async/dropped")} for r in rows]
+    assert keep(a) == keep(b) and b[-2]["async/staleness_frac/0"] == 1.0
 
 
 def test_configs_the_async_trainer_cannot_run_are_refused_up_front(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -234,3 +235,44 @@ def test_old_checkpoints_are_pruned(tmp_path):
         ckpt.save_checkpoint(tmp_path, model, opt, sched, ckpt.TrainState(s, 0, s), keep=2)
     assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000003", "step_000004"]
     assert (tmp_path / "latest").read_text().strip() == "step_000004"
+
+
+def _with_behavior(batch: Batch, model, shift: float) -> Batch:
+    """The batch with behaviour log-probs = the model's own log-probs − shift at valid tokens (0 elsewhere)."""
+    lp, mask = _naive_logprobs(model, batch)
+    ro = batch.rollout
+    ro.behavior_logprobs = torch.where(mask, lp.detach() - shift, 0.0)
+    return batch
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.1, 0.5])
+def test_behavior_kl_is_k3_with_the_sampler_as_the_sampling_policy(shift):
+    model, _ = tiny_random(0)
+    batch = _with_behavior(_batch(), model, shift)
+    m = update_policy(model, *_sgd(model, lr=0.0), batch, _settings(loss="decoupled_ppo"), step=0)
+    # r = π_θ/π_b = e^shift at every token: KL(π_b ‖ π_θ) estimate r − 1 − log r
+    assert m["policy/behavior_kl"] == pytest.approx(math.expm1(shift) - shift, abs=1e-6)
+    assert m["loss_stats/behavior_weight"] == pytest.approx(math.exp(shift), rel=1e-5)
+
+
+def test_old_logprobs_behavior_takes_the_ppo_ratio_to_the_sampler():
+    model, _ = tiny_random(0)
+    batch = _with_behavior(_batch(), model, 0.5)  # ratio π_θ/π_b = e^0.5 ≈ 1.65, outside the 0.2 band
+    mask = batch.rollout.loss_mask
+    pos = int(((batch.advantages > 0)[:, None] & mask).sum()) / int(mask.sum())
+    lr0 = dict(lr=0.0)
+    recompute = update_policy(model, *_sgd(model, **lr0), batch, _settings(loss="ppo_clip"), step=0)
+    behavior = update_policy(model, *_sgd(model, **lr0), batch, _settings(loss="ppo_clip", old_logprobs="behavior"),
+                             step=0)
+    assert recompute["policy/clip_frac"] == 0.0 and "policy/behavior_kl" not in recompute
+    # clipped exactly where A > 0 (ratio above 1 + ε pushes a positive advantage out of the band)
+    assert behavior["policy/clip_frac"] == pytest.approx(pos, abs=1e-9)
+    assert behavior["loss_stats/ratio"] == pytest.approx(math.exp(0.5), rel=1e-5)
+
+
+def test_a_loss_that_reads_behavior_logprobs_says_so_when_the_rollout_has_none():
+    model, _ = tiny_random(0)
+    with pytest.raises(ValueError, match="decoupled_ppo.*behaviour log-probs.*SamplingParams\\(logprobs=True\\)"):
+        update_policy(model, *_sgd(model), _batch(), _settings(loss="decoupled_ppo"), step=0)
+    with pytest.raises(ValueError, match="old_logprobs=behavior"):
+        update_policy(model, *_sgd(model), _batch(), _settings(loss="ppo_clip", old_logprobs="behavior"), step=0)

@@ -89,8 +89,8 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         ses, extras = r.ses, r.ses.state.extras
         version = ses.state.policy_version
         workers.publish(version, build.worker_weights(cfg, ses.model))
-        gate = StalenessGate(cfg.rollout.max_staleness, version, dropped=extras.get("async_dropped_chunks", 0))
-        stats = StalenessStats(cfg.rollout.max_staleness)
+        stats = StalenessStats.from_state(cfg.rollout.max_staleness, extras.get("async_stats"))
+        gate = StalenessGate(cfg.rollout.max_staleness, version, dropped=stats.dropped_chunks)
         # AAPO's reference samples come from a frozen copy of the initial policy (LoRA B = 0 is the base model).
         ref_sampler = build.SamplerFactory(cfg)() \
             if advantages.spec(cfg.algo.advantage).needs_reference_samples else None
@@ -120,7 +120,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
                            "rollout/reissued_prompts": float(workers.stats.reissued_prompts)}
                 r.end_step(step, chunk.batch, metrics,
                            TrainState(step + 1, chunk.position, version,
-                                      {"async_next_chunk": chunk.index + 1, "async_dropped_chunks": gate.dropped}))
+                                      {"async_next_chunk": chunk.index + 1, "async_stats": stats.state()}))
         finally:
             producer.close(timeout=cfg.rollout.worker_timeout_s)
     return r.summary()

@@ -131,6 +131,18 @@ class StalenessStats:
     dropped_samples: int = 0
     dropped_chunks: int = 0
 
+    def state(self) -> dict[str, Any]:
+        """JSON-able counts for a checkpoint (``from_state`` restores them on resume)."""
+        return {"trained": {str(k): v for k, v in self.trained.items()}, "dropped_samples": self.dropped_samples,
+                "dropped_chunks": self.dropped_chunks}
+
+    @classmethod
+    def from_state(cls, max_staleness: int, state: dict[str, Any] | None) -> "StalenessStats":
+        if not state:
+            return cls(max_staleness)
+        return cls(max_staleness, {int(k): v for k, v in state["trained"].items()}, state["dropped_samples"],
+                   state["dropped_chunks"])
+
     def metrics(self, staleness: int, samples: int, dropped_now: int, wait_s: float) -> dict[str, float]:
         """The async/ metrics of a step that trained ``samples`` samples at ``staleness`` after dropping
         ``dropped_now`` samples: this step's values and the run's distribution so far."""

@@ -182,8 +182,9 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
             loss.backward()
             total += float(loss.detach())
             add_tokens("policy/entropy", ent, mask)
-            if behav_mb is not None:  # how far the policy has moved from the one that sampled (staleness drift)
-                add_tokens("policy/behavior_kl", kl_estimators.get("k3")(lp.detach(), behav_mb, loss_mask=mask), mask)
+            if behav_mb is not None:  # how far the policy has moved from the one that sampled (staleness drift):
+                # tokens come from π_b, so k3 with π_b as the sampling policy is unbiased for KL(π_b ‖ π_θ)
+                add_tokens("policy/behavior_kl", kl_estimators.get("k3")(behav_mb, lp.detach(), loss_mask=mask), mask)
             nll, sign = losses.nll_by_advantage_sign(x)  # ASymPO's scale-imbalance diagnostic
             add_tokens("policy/nll_pos", nll, mask & (sign > 0)[:, None])
             add_tokens("policy/nll_neg", nll, mask & (sign < 0)[:, None])
