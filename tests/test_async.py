@@ -363,3 +363,17 @@ def test_the_sampler_returns_log_probs_only_when_the_loss_reads_them():
                               ("decoupled_ppo", [], True), ("asympo", [], False), ("spo", [], False)]:
         cfg = load_config(None, [*TINY, f"algo.loss={loss}", *extra])
         assert build.sampling_params(cfg).logprobs is want, loss
+
+
+def test_a_call_queued_while_the_sampler_fails_to_build_fails_at_once():
+    gate = threading.Event()
+
+    def slow_broken():
+        gate.wait(5)
+        raise OSError("no weights")
+    with WorkerPool(ThreadBackend(slow_broken), 1, timeout_s=60, max_restarts=0) as pool:
+        threading.Timer(0.2, gate.set).start()  # the call is queued before the build fails
+        t0 = time.monotonic()
+        with pytest.raises(WorkerFailure, match="OSError: no weights"):
+            pool.generate(PROMPTS, PARAMS, n=1, seed=0)
+        assert time.monotonic() - t0 < 10  # not the 60 s hang timeout

@@ -103,17 +103,21 @@ class _ThreadWorker:
         self._cv = threading.Condition()
         self._killed = False
         self._worker: RolloutWorker | None = None
+        self._init_error: BaseException | None = None
         self._make_sampler = make_sampler
-        self._ready = cf.Future()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
             self._worker = RolloutWorker(self._make_sampler)
-            self._ready.set_result(None)
-        except BaseException as e:  # noqa: BLE001 - reported through the calls' futures
-            self._ready.set_exception(e)
+        except BaseException as e:  # noqa: BLE001 - reported through the calls' futures, queued ones included
+            with self._cv:
+                self._init_error = e
+                pending, self._inbox = self._inbox, []
+            for fut, _ in pending:
+                if fut.set_running_or_notify_cancel():
+                    fut.set_exception(e)
             return
         while True:
             with self._cv:
@@ -131,10 +135,10 @@ class _ThreadWorker:
 
     def submit(self, prompt_ids, params, n, seed, version, weights) -> cf.Future:
         fut: cf.Future = cf.Future()
-        if self._ready.done() and self._ready.exception() is not None:
-            fut.set_exception(self._ready.exception())
-            return fut
         with self._cv:
+            if self._init_error is not None:  # the sampler could not be built: fail at once
+                fut.set_exception(self._init_error)
+                return fut
             self._inbox.append((fut, (prompt_ids, params, n, seed, version, weights)))
             self._cv.notify()
         return fut
