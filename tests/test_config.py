@@ -6,7 +6,8 @@ import pytest
 from rlvr import advantages, losses
 from rlvr.config import ConfigError, TrainConfig, dump_config, load_config, parse_override, to_dict
 
-CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*/*.yaml"))
+CONFIGS = sorted(p for p in Path(__file__).resolve().parents[1].joinpath("configs").glob("*/*.yaml")
+                 if p.parent.name != "sweeps")  # sweep files are rlvr sweep's (tests/test_sweep.py checks them)
 
 
 def test_defaults_are_the_embedded_main_job():

@@ -205,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_arguments(p)
     p.set_defaults(func=compare.command)
 
+    from rlvr import sweep
+
+    p = sub.add_parser("sweep", help="run a study from a sweep file (variants × grid × seeds of rlvr train), "
+                                     "resumably, then the rlvr compare report",
+                       description=sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sweep.add_arguments(p)
+    p.set_defaults(func=sweep.command)
+
     bench = sub.add_parser("bench", help="benchmarks (figures printed, not asserted)")
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
     from rlvr.bench import advantages as bench_advantages
