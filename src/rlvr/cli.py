@@ -6,6 +6,7 @@ import argparse
 import statistics
 import sys
 import time
+from typing import Any
 
 from rlvr import __version__
 
@@ -156,6 +157,15 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _module_command(sub: Any, name: str, module: Any, help: str) -> None:
+    """A subcommand whose arguments (``add_arguments``), action (``command``) and description (the docstring)
+    live in ``module``."""
+    p = sub.add_parser(name, help=help, description=module.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(p)
+    p.set_defaults(func=module.command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlvr", description="Reinforcement learning with verifiable rewards.")
     parser.add_argument("--version", action="version", version=f"rlvr {__version__}")
@@ -190,48 +200,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default RUN_DIR/plots)")
     p.set_defaults(func=_cmd_plot)
 
+    from rlvr import compare, sweep
     from rlvr.eval import command as eval_command
 
-    p = sub.add_parser("eval", help="evaluate a model, run or checkpoint: pass@k, maj@k, mean@n with 95%% CIs",
-                       description=eval_command.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    eval_command.add_arguments(p)
-    p.set_defaults(func=eval_command.command)
-
-    from rlvr import compare
-
-    p = sub.add_parser("compare", help="compare runs: final/best metrics, steps to a threshold, seeds pooled with "
-                                       "95%% t-intervals, overlaid curves",
-                       description=compare.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    compare.add_arguments(p)
-    p.set_defaults(func=compare.command)
-
-    from rlvr import sweep
-
-    p = sub.add_parser("sweep", help="run a study from a sweep file (variants × grid × seeds of rlvr train), "
-                                     "resumably, then the rlvr compare report",
-                       description=sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sweep.add_arguments(p)
-    p.set_defaults(func=sweep.command)
+    _module_command(sub, "eval", eval_command, "evaluate a model, run or checkpoint: pass@k, maj@k, mean@n with "
+                                               "95%% CIs")
+    _module_command(sub, "compare", compare, "compare runs: final/best metrics, steps to a threshold, seeds pooled "
+                                             "with 95%% t-intervals, overlaid curves")
+    _module_command(sub, "sweep", sweep, "run a study from a sweep file (variants × grid × seeds of rlvr train), "
+                                         "resumably, then the rlvr compare report")
 
     bench = sub.add_parser("bench", help="benchmarks (figures printed, not asserted)")
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
     from rlvr.bench import advantages as bench_advantages
-
-    p = bench_sub.add_parser("advantages", help="time every advantage estimator; maxpo/pkpo vs O(G²) and enumeration")
-    bench_advantages.add_arguments(p)
-    p.set_defaults(func=bench_advantages.command)
+    from rlvr.bench import async_ as bench_async
     from rlvr.bench import generate as bench_generate
 
-    p = bench_sub.add_parser("generate", help="tokens/s of rlvr's HFSampler vs transformers' generate, same run")
-    bench_generate.add_arguments(p)
-    p.set_defaults(func=bench_generate.command)
-    from rlvr.bench import async_ as bench_async
-
-    p = bench_sub.add_parser("async", help="async vs sync wall-clock for the same samples (simulator or tiny-arith): "
-                                           "speed-up, staleness, drops, timeline",
-                             description=bench_async.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench_async.add_arguments(p)
-    p.set_defaults(func=bench_async.command)
+    _module_command(bench_sub, "advantages", bench_advantages, "time every advantage estimator; maxpo/pkpo vs O(G²) "
+                                                              "and enumeration")
+    _module_command(bench_sub, "generate", bench_generate, "tokens/s of rlvr's HFSampler vs transformers' generate, "
+                                                          "same run")
+    _module_command(bench_sub, "async", bench_async, "async vs sync wall-clock for the same samples (simulator or "
+                                                    "tiny-arith): speed-up, staleness, drops, timeline")
     return parser
 
 
