@@ -220,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "and enumeration")
     _module_command(bench_sub, "generate", bench_generate, "tokens/s of rlvr's HFSampler vs transformers' generate, "
                                                           "same run")
+    from rlvr.bench import variance as bench_variance
+
+    _module_command(bench_sub, "variance", bench_variance, "exact gradient bias and variance of the max@k "
+                                                           "estimators on the bandit toy (enumeration)")
     _module_command(bench_sub, "async", bench_async, "async vs sync wall-clock for the same samples (simulator or "
                                                     "tiny-arith): speed-up, staleness, drops, timeline")
     return parser
