@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-bandit test test-slow test-all bench clean
+.PHONY: install demo demo-bandit test test-slow test-all bench bench-trl clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/rlvr bench advantages
+
+# rlvr's GRPO step against TRL's GRPOTrainer on tiny-arith (about a minute); installs the `bench` extra (TRL) first.
+bench-trl: $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -e '.[bench]'
+	$(PY) -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') and not torch.version.cuda else 'expected CPU torch 2.13.0, got ' + v)"
+	HF_HUB_OFFLINE=1 $(VENV)/bin/rlvr bench trl
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis

@@ -226,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "estimators on the bandit toy (enumeration)")
     _module_command(bench_sub, "async", bench_async, "async vs sync wall-clock for the same samples (simulator or "
                                                     "tiny-arith): speed-up, staleness, drops, timeline")
+    from rlvr.bench import trl as bench_trl
+
+    _module_command(bench_sub, "trl", bench_trl, "rlvr's GRPO step vs TRL's GRPOTrainer step, same model, prompts and "
+                                                "settings: s/step, samples/s, where the time goes")
     return parser
 
 
