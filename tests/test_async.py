@@ -17,7 +17,7 @@ from rlvr.seeding import derive_seed
 from rlvr.trainer.staleness import Producer, StalenessGate, StalenessStats
 from rlvr.types import Rollout, SamplingParams
 
-from test_train_e2e import TINY
+from test_train_e2e import TINY, run_straight_and_resumed
 
 PARAMS = SamplingParams(temperature=1.0, max_new_tokens=6, logprobs=True)
 PROMPTS = [[1, 2], [3], [4, 5, 6], [7], [8, 9]]
@@ -325,19 +325,7 @@ def test_async_resume_continues_the_run(tmp_path, monkeypatch):
     from rlvr.trainer import async_
 
     cfg = load_config(None, [*TINY, "steps=4", *ASYNC, "rollout.max_staleness=0", "log.checkpoint_every=2"])
-    async_.train(cfg, run_dir=tmp_path / "straight")
-    real = async_.update_policy
-
-    def crash(*args, step, **kw):
-        if step == 2:
-            raise KeyboardInterrupt
-        return real(*args, step=step, **kw)
-    monkeypatch.setattr(async_, "update_policy", crash)
-    with pytest.raises(KeyboardInterrupt):
-        async_.train(cfg, run_dir=tmp_path / "resumed")
-    monkeypatch.setattr(async_, "update_policy", real)
-    async_.train(cfg, run_dir=tmp_path / "resumed", resume=True)
-    a, b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    a, b = run_straight_and_resumed(async_, cfg, tmp_path, monkeypatch)
     assert _strip_perf(a) == _strip_perf(b)
     # the staleness statistics continue from the checkpoint too (timings and queue sizes aside)
     keep = lambda rows: [{k: v for k, v in r.items() if k.startswith("async/staleness") or  # noqa: E731

@@ -68,29 +68,33 @@ def _strip_perf(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("perf/") and k != "eval/seconds"} for r in rows]
 
 
+def run_straight_and_resumed(loop, cfg, tmp_path, monkeypatch, crash_step: int = 2) -> tuple[list, list]:
+    """Train ``cfg`` with ``loop`` (a trainer module) once straight through, and once crashing at 0-based
+    ``crash_step`` (after its checkpoint) then resuming; returns both runs' metrics rows."""
+    loop.train(cfg, run_dir=tmp_path / "straight")
+    real = loop.update_policy
+
+    def crash(*args, step, **kw):
+        if step == crash_step:
+            raise KeyboardInterrupt
+        return real(*args, step=step, **kw)
+
+    monkeypatch.setattr(loop, "update_policy", crash)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, run_dir=tmp_path / "resumed")
+    monkeypatch.setattr(loop, "update_policy", real)
+    loop.train(cfg, run_dir=tmp_path / "resumed", resume=True)
+    return read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+
+
 @pytest.mark.parametrize("extra", [[], ["algo.advantage=gae", "algo.aggregation=token_mean", "model.lora=false"]],
                          ids=["grpo", "ppo-critic"])
 def test_resume_after_an_interruption_gives_identical_metrics(tmp_path, monkeypatch, extra):
     from rlvr.trainer import sync
 
     cfg = load_config(None, [*TINY, "steps=4", "log.checkpoint_every=2", "algo.num_iterations=2", *extra])
-    sync.train(cfg, run_dir=tmp_path / "straight")
-
-    real = sync.update_policy
-
-    def crash_at_step_3(*args, step, **kw):
-        if step == 2:  # 0-based: the third step, after the step-2 checkpoint
-            raise KeyboardInterrupt
-        return real(*args, step=step, **kw)
-
-    monkeypatch.setattr(sync, "update_policy", crash_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        sync.train(cfg, run_dir=tmp_path / "resumed")
-    monkeypatch.setattr(sync, "update_policy", real)
-    sync.train(cfg, run_dir=tmp_path / "resumed", resume=True)
-
-    a = _strip_perf(read_metrics(tmp_path / "straight"))
-    b = _strip_perf(read_metrics(tmp_path / "resumed"))
+    # crash at the third step (0-based 2), after the step-2 checkpoint
+    a, b = map(_strip_perf, run_straight_and_resumed(sync, cfg, tmp_path, monkeypatch))
     assert a == b
     files = ["model.safetensors"]
     if extra:  # with a critic: its weights and optimiser are checkpointed and restored too
