@@ -14,7 +14,7 @@ from rlvr.metrics import read_metrics
 from rlvr.rollout.pool import ThreadBackend, WorkerFailure, WorkerPool, concat_rollouts, shard_bounds
 from rlvr.rollout.simulator import SimSampler
 from rlvr.seeding import derive_seed
-from rlvr.trainer.staleness import Producer, StalenessGate, StalenessStats
+from rlvr.trainer.staleness import Producer, StalenessGate, StalenessStats, take_fresh
 from rlvr.types import Rollout, SamplingParams
 
 from test_train_e2e import TINY, run_straight_and_resumed
@@ -66,13 +66,12 @@ def _simulate(eta: int, gen_s: float, train_s: float, steps: int, weight_delay_s
         started.append((j, gate.version))
         return _Batch(sim.generate([[1]], SamplingParams(max_new_tokens=2), n=2, seed=j))
 
-    from rlvr.trainer.async_ import _take_fresh
     producer = Producer(make, lambda: 0, gate)
     stats = StalenessStats(eta)
     staleness = []
     try:
         for step in range(steps):
-            chunk, dropped = _take_fresh(producer, gate, step, stats)
+            chunk, dropped = take_fresh(producer, gate, step, stats)
             staleness.append(step - chunk.batch.rollout.policy_version)
             stats.metrics(staleness[-1], 2, dropped, 0.0)
             time.sleep(train_s)

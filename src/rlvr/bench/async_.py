@@ -53,8 +53,7 @@ def run_sim(*, steps: int, gen_s: float, train_s: float, max_staleness: int | No
     Returns seconds, samples, per-step staleness, drops and the (kind, index, start, end) events."""
     from rlvr.rollout.pool import ThreadBackend, WorkerPool
     from rlvr.rollout.simulator import SimSampler
-    from rlvr.trainer.async_ import _take_fresh
-    from rlvr.trainer.staleness import Producer, StalenessGate, StalenessStats
+    from rlvr.trainer.staleness import Producer, StalenessGate, StalenessStats, take_fresh
 
     prompt_ids = [[1 + i] for i in range(prompts)]
     params = _sim_params(4)
@@ -87,7 +86,7 @@ def run_sim(*, steps: int, gen_s: float, train_s: float, max_staleness: int | No
             producer = Producer(make, lambda: 0, gate)
             try:
                 for step in range(steps):
-                    chunk, _ = _take_fresh(producer, gate, step, stats)
+                    chunk, _ = take_fresh(producer, gate, step, stats)
                     staleness.append(step - chunk.batch.rollout.policy_version)
                     learn(step)
                     gate.publish(step + 1)

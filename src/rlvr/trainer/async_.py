@@ -33,7 +33,7 @@ from rlvr.rollout.pool import ThreadBackend, WorkerPool
 from rlvr.trainer import build
 from rlvr.trainer.checkpoint import TrainState
 from rlvr.trainer.run import Run, RunSummary, step_metrics, update_settings
-from rlvr.trainer.staleness import Chunk, Producer, StalenessGate, StalenessStats
+from rlvr.trainer.staleness import Producer, StalenessGate, StalenessStats, take_fresh
 from rlvr.trainer.step import update_policy
 
 __all__ = ["train", "worker_pool"]
@@ -54,8 +54,8 @@ def worker_pool(cfg: TrainConfig) -> WorkerPool:
 @contextmanager
 def _stage_threads(cfg: TrainConfig) -> Iterator[None]:
     """With thread workers and no ``model.threads``, the generation thread and the learner each run their ops
-    on half the cores (tiny-arith on 2 cores: 0.154 s/step with one thread each, 0.213 s with two each, since
-    both stages then contend for every core); torch's setting is restored afterwards."""
+    on half the cores (both stages would otherwise contend for every core: docs/benchmarks.md, async on
+    tiny-arith); torch's setting is restored afterwards."""
     before = torch.get_num_threads()
     if cfg.model.threads is None and cfg.rollout.backend == "thread":
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
@@ -63,21 +63,6 @@ def _stage_threads(cfg: TrainConfig) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _take_fresh(producer: Producer, gate: StalenessGate, version: int, stats: StalenessStats) -> tuple[Chunk, int]:
-    """The next chunk sampled at most ``max_staleness`` versions ago; older ones are dropped and counted."""
-    dropped = 0
-    while True:
-        chunk = producer.take()
-        ro = chunk.batch.rollout
-        if version - ro.policy_version <= gate.max_staleness:
-            return chunk, dropped
-        samples = ro.lengths.shape[0]  # policy samples, as counted for the trained batches
-        dropped += samples
-        stats.dropped_samples += samples
-        stats.dropped_chunks += 1
-        gate.drop()
 
 
 def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False,
@@ -102,7 +87,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
         try:
             for step in range(ses.state.step, cfg.steps):
                 t0 = time.perf_counter()
-                chunk, dropped = _take_fresh(producer, gate, version, stats)
+                chunk, dropped = take_fresh(producer, gate, version, stats)
                 t1 = time.perf_counter()
                 staleness = version - chunk.batch.rollout.policy_version
                 upd = update_policy(ses.model, ses.optimizer, ses.scheduler, chunk.batch, settings, step=step,

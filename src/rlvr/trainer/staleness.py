@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-__all__ = ["Chunk", "Producer", "StalenessGate", "StalenessStats"]
+__all__ = ["Chunk", "Producer", "StalenessGate", "StalenessStats", "take_fresh"]
 
 
 class StalenessGate:
@@ -70,14 +69,11 @@ class StalenessGate:
 
 @dataclass
 class Chunk:
-    """One batch made by the producer: its index, the batch, where the prompt stream stood after it, and when
-    generation ran (monotonic seconds)."""
+    """One batch made by the producer: its index, the batch, and where the prompt stream stood after it."""
 
     index: int
     batch: Any
     position: int
-    started: float
-    finished: float
 
 
 class Producer:
@@ -100,9 +96,8 @@ class Producer:
     def _run(self) -> None:
         try:
             while self.gate.wait_admit(self.next_chunk):
-                t0 = time.monotonic()
                 batch = self.make(self.next_chunk)
-                self._out.put(Chunk(self.next_chunk, batch, self.position(), t0, time.monotonic()))
+                self._out.put(Chunk(self.next_chunk, batch, self.position()))
                 self.next_chunk += 1
         except BaseException as e:  # noqa: BLE001 - handed to the learner by take()
             self._out.put(e)
@@ -154,3 +149,20 @@ class StalenessStats:
         for k in range(self.max_staleness + 1):
             out[f"async/staleness_frac/{k}"] = self.trained.get(k, 0) / max(1, total)
         return out
+
+
+def take_fresh(producer: Producer, gate: StalenessGate, version: int, stats: StalenessStats) -> tuple[Chunk, int]:
+    """The learner's side of rule 2: the next chunk sampled at most ``max_staleness`` versions before
+    ``version``; older ones are dropped, counted in ``stats`` (policy samples) and reported to the gate.
+    Returns the chunk and the samples dropped before it."""
+    dropped = 0
+    while True:
+        chunk = producer.take()
+        ro = chunk.batch.rollout
+        if version - ro.policy_version <= gate.max_staleness:
+            return chunk, dropped
+        samples = ro.lengths.shape[0]
+        dropped += samples
+        stats.dropped_samples += samples
+        stats.dropped_chunks += 1
+        gate.drop()
