@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default RUN_DIR/plots)")
     p.set_defaults(func=_cmd_plot)
 
-    from rlvr import compare, sweep
+    from rlvr import compare, study, sweep
     from rlvr.eval import command as eval_command
 
     _module_command(sub, "eval", eval_command, "evaluate a model, run or checkpoint: pass@k, maj@k, mean@n with "
@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "with 95%% t-intervals, overlaid curves")
     _module_command(sub, "sweep", sweep, "run a study from a sweep file (variants × grid × seeds of rlvr train), "
                                          "resumably, then the rlvr compare report")
+    _module_command(sub, "study", study, "the tables and plot of one study in docs/results.md (aapo, maxpo, "
+                                         "async) from its finished sweep")
 
     bench = sub.add_parser("bench", help="benchmarks (figures printed, not asserted)")
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
@@ -222,14 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "same run")
     from rlvr.bench import variance as bench_variance
 
-    _module_command(bench_sub, "variance", bench_variance, "exact gradient bias and variance of the max@k "
-                                                           "estimators on the bandit toy (enumeration)")
+    _module_command(bench_sub, "variance", bench_variance, "gradient bias and variance of the max@k estimators: "
+                                                           "exact on the bandit toy (enumeration), or Monte Carlo "
+                                                           "on tiny-arith (--setting tiny-arith)")
     _module_command(bench_sub, "async", bench_async, "async vs sync wall-clock for the same samples (simulator or "
                                                     "tiny-arith): speed-up, staleness, drops, timeline")
     from rlvr.bench import trl as bench_trl
 
     _module_command(bench_sub, "trl", bench_trl, "rlvr's GRPO step vs TRL's GRPOTrainer step, same model, prompts and "
                                                 "settings: s/step, samples/s, where the time goes")
+    from rlvr.bench import utilisation as bench_utilisation
+
+    _module_command(bench_sub, "utilisation", bench_utilisation, "tokens/s of generation and training and their "
+                                                                 "FLOP/s as a fraction of the matmul peak (MFU)")
     return parser
 
 

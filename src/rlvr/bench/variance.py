@@ -18,6 +18,10 @@ tr Cov(g) = E‖g − E g‖² exactly (no sampling), and autograd of the closed
 
 grpo and rloo estimate ∇ pass@1 (mean reward), not ∇ max@k: they are listed for their direction.
 ``passk_training`` needs binary rewards and is left out of non-binary problems.
+
+``--setting tiny-arith`` runs the same study by Monte Carlo on the tiny-arith language model at its initial weights
+(``rlvr.bench.variance_llm``, whose docstring gives the estimates and options: --prompts, --group, --replicates,
+--ks, --seed, --threads); the default ``--setting bandit`` is the enumeration above (--groups, --ks).
 """
 from __future__ import annotations
 
@@ -125,14 +129,33 @@ def run(Gs: list[int], ks: list[int]) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--groups", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8],
-                   help="comma-separated group sizes G (A^G groups are enumerated: 4^8 = 65,536)")
-    p.add_argument("--ks", type=lambda s: [int(x) for x in s.split(",")], default=[2, 4],
-                   help="comma-separated k of max@k (k < G)")
+    from rlvr.bench import variance_llm
+
+    p.add_argument("--setting", choices=["bandit", "tiny-arith"], default="bandit",
+                   help="bandit: exact, by enumeration (default); tiny-arith: Monte Carlo on the language model")
+    p.add_argument("--groups", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                   help="bandit: comma-separated group sizes G (A^G groups are enumerated: 4^8 = 65,536; default 4,8)")
+    p.add_argument("--ks", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                   help="comma-separated k of max@k (k < G; default 2,4 for bandit, 2,4,8 for tiny-arith)")
+    variance_llm.add_arguments(p)
 
 
 def command(args: argparse.Namespace) -> int:
-    for G in args.groups:
+    import sys
+
+    from rlvr.bench import variance_llm
+
+    other = ["--groups"] if args.setting == "tiny-arith" else [f"--{n}" for n in variance_llm.DEFAULTS]
+    given = [o for o in other if getattr(args, o[2:]) is not None]
+    if given:
+        verb = "does" if len(given) == 1 else "do"
+        print(f"rlvr bench variance: error: {', '.join(given)} {verb} not apply to --setting {args.setting}",
+              file=sys.stderr)
+        return 2
+    if args.setting == "tiny-arith":
+        return variance_llm.command(args)
+    groups = args.groups if args.groups is not None else [4, 8]
+    for G in groups:
         _positive_int(str(G))
-    print("\n".join(run(args.groups, args.ks)))
+    print("\n".join(run(groups, args.ks if args.ks is not None else [2, 4])))
     return 0
