@@ -186,10 +186,13 @@ def _curve(runs: Sequence[Run], metric: str, x: str = "step") -> tuple[list[floa
     return xs, ms, hs
 
 
-def _band(ax: Any, xs: list[float], ms: list[float], hs: list[float], label: str, color: str) -> None:
+def _band(ax: Any, xs: list[float], ms: list[float], hs: list[float], label: str, color: str,
+          band: bool = True) -> None:
+    """Mean curve with its 95% interval shaded (``band=False``: the curve alone, e.g. on a log axis)."""
     ax.plot(xs, ms, color=color, label=label, marker="o" if len(xs) < 15 else None, markersize=3)
-    ax.fill_between(xs, [m - h for m, h in zip(ms, hs)], [m + h for m, h in zip(ms, hs)], color=color, alpha=0.15,
-                    linewidth=0)
+    if band:
+        ax.fill_between(xs, [m - h for m, h in zip(ms, hs)], [m + h for m, h in zip(ms, hs)], color=color,
+                        alpha=0.15, linewidth=0)
 
 
 def aapo_report(cells: Sequence[Cell], img: Path | None, baseline: str = "grpo",
@@ -323,11 +326,11 @@ def async_report(cells: Sequence[Cell], img: Path | None, axis: str = "rollout.m
             c = next((c for c in cells if c.variant == v and c.grid.get(axis, 0) == top), None)
             if c is not None and c.runs:
                 for ax, metric in zip(axes[1:], ("reward/mean", "policy/nll_neg_over_pos")):
-                    _band(ax, *_curve(c.runs, metric), label=v, color=f"C{i}")
+                    _band(ax, *_curve(c.runs, metric), label=v, color=f"C{i}", band=metric == "reward/mean")
         axes[0].set_xlabel("staleness bound η (rollout.max_staleness)", fontsize=8)
         axes[0].set_ylabel("final held-out accuracy (mean ± 95% CI)", fontsize=8)
         axes[1].set_ylabel(f"training reward at η = {top} (mean ± 95% CI)", fontsize=8)
-        axes[2].set_ylabel(f"nll_neg / nll_pos at η = {top}", fontsize=8)
+        axes[2].set_ylabel(f"nll_neg / nll_pos at η = {top} (mean over seeds)", fontsize=8)
         axes[2].set_yscale("log")
         for ax in axes:
             ax.grid(alpha=0.3)
