@@ -228,10 +228,7 @@ def aapo_report(cells: Sequence[Cell], img: Path | None, baseline: str = "grpo",
                     _band(ax, *_curve(c.runs, metric, x), label=c.variant, color=f"C{i}")
         for ax, x in zip(axes, ("step", "samples generated (reference samples included)")):
             ax.axhline(target, color="grey", linestyle=":", linewidth=1)
-            ax.set_xlabel(x, fontsize=8)
-            ax.set_ylabel(f"held-out {metric.split('/')[-1]} (mean ± 95% CI)", fontsize=8)
-            ax.grid(alpha=0.3)
-            _legend(ax)
+            _style(ax, x, f"held-out {metric.split('/')[-1]} (mean ± 95% CI)")
         fig.tight_layout()
         written.append(_save(fig, img / "study_aapo.png"))
     return lines, written
@@ -277,10 +274,7 @@ def maxpo_report(cells: Sequence[Cell], img: Path | None) -> tuple[list[str], li
                             linestyle="--" if name == "grpo" else "-")
             ax.set_xscale("log", base=2)
             ax.set_xticks(ks, [str(k) for k in ks])
-            ax.set_xlabel("K the estimator optimises (grpo: K-independent)", fontsize=8)
-            ax.set_ylabel(f"held-out {which} at the end (mean ± 95% CI)", fontsize=8)
-            ax.grid(alpha=0.3)
-            _legend(ax)
+            _style(ax, "K the estimator optimises (grpo: K-independent)", f"held-out {which} at the end (mean ± 95% CI)")
         fig.tight_layout()
         written.append(_save(fig, img / "study_maxpo.png"))
     return lines, written
@@ -327,16 +321,10 @@ def async_report(cells: Sequence[Cell], img: Path | None, axis: str = "rollout.m
             if c is not None and c.runs:
                 for ax, metric in zip(axes[1:], ("reward/mean", "policy/nll_neg_over_pos")):
                     _band(ax, *_curve(c.runs, metric), label=v, color=f"C{i}", band=metric == "reward/mean")
-        axes[0].set_xlabel("staleness bound η (rollout.max_staleness)", fontsize=8)
-        axes[0].set_ylabel("final held-out accuracy (mean ± 95% CI)", fontsize=8)
-        axes[1].set_ylabel(f"training reward at η = {top} (mean ± 95% CI)", fontsize=8)
-        axes[2].set_ylabel(f"nll_neg / nll_pos at η = {top} (mean over seeds)", fontsize=8)
+        _style(axes[0], "staleness bound η (rollout.max_staleness)", "final held-out accuracy (mean ± 95% CI)")
+        _style(axes[1], "step", f"training reward at η = {top} (mean ± 95% CI)")
+        _style(axes[2], "step", f"nll_neg / nll_pos at η = {top} (mean over seeds)")
         axes[2].set_yscale("log")
-        for ax in axes:
-            ax.grid(alpha=0.3)
-            _legend(ax)
-        for ax in axes[1:]:
-            ax.set_xlabel("step", fontsize=8)
         fig.tight_layout()
         written.append(_save(fig, img / "study_async.png"))
     return lines, written
@@ -345,6 +333,14 @@ def async_report(cells: Sequence[Cell], img: Path | None, axis: str = "rollout.m
 def _legend(ax: Any) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
+
+
+def _style(ax: Any, xlabel: str, ylabel: str) -> None:
+    """Axis labels, grid and legend, the same on every panel."""
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.grid(alpha=0.3)
+    _legend(ax)
 
 
 def _save(fig: Any, path: Path) -> Path:
