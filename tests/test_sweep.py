@@ -297,9 +297,22 @@ def test_example_sweeps_validate_and_reproduce_their_presets(monkeypatch):
     for s in specs:  # each variant is its async preset at the grid's staleness bound
         preset = load_config(f"configs/tiny_arith/async_{s.variant}.yaml",
                              [f"rollout.max_staleness={s.grid['rollout.max_staleness']}", "eval.every=20",
-                              f"seed={s.seed}"])
+                              "steps=40", "rollout.prompts_per_step=16", f"seed={s.seed}"])
         assert s.config == preset, s.name
     specs = expand(load_sweep("configs/sweeps/aapo.yaml"))
     assert len(specs) == 4 * 5
     for s in specs:
-        assert s.config == load_config(f"configs/tiny_arith/{s.variant}.yaml", [f"seed={s.seed}"]), s.name
+        assert s.config == load_config(f"configs/tiny_arith/{s.variant}.yaml", ["eval.every=10", f"seed={s.seed}"]), \
+            s.name
+    specs = expand(load_sweep("configs/sweeps/maxpo.yaml"))
+    assert len(specs) == 13 * 5
+    budget = ["steps=60", "rollout.prompts_per_step=16", "rollout.group_size=16", "eval.n=8", "eval.temperature=1.0",
+              "eval.at_start=false"]
+    assert {(s.config.steps, s.config.rollout.prompts_per_step, s.config.rollout.group_size) for s in specs} == \
+        {(60, 16, 16)}  # an equal budget for every estimator
+    for s in specs:  # the MaxPO and PKPO loo-1 variants are their presets at the sweep's budget and k
+        preset = {"maxpo": "maxpo", "pkpo_sloo1": "pkpo"}.get(s.variant.rpartition("_k")[0])
+        if preset is not None:
+            k = s.variant.rpartition("_k")[2]
+            assert s.config == load_config(f"configs/tiny_arith/{preset}.yaml", [*budget, f"algo.k={k}",
+                                                                                f"seed={s.seed}"]), s.name
