@@ -121,6 +121,21 @@ def eval_start_end(run: Run, metric: str = "eval/accuracy") -> tuple[float, floa
     return (ys[0], ys[-1]) if len(ys) >= 2 else None
 
 
+def eval_start(run: Run, metric: str = "eval/accuracy") -> float | None:
+    se = eval_start_end(run, metric)
+    return None if se is None else se[0]
+
+
+def eval_end(run: Run, metric: str = "eval/accuracy") -> float | None:
+    se = eval_start_end(run, metric)
+    return None if se is None else se[1]
+
+
+def eval_change(run: Run, metric: str = "eval/accuracy") -> float | None:
+    se = eval_start_end(run, metric)
+    return None if se is None else se[1] - se[0]
+
+
 def value_at_budget(run: Run, metric: str, budget: float) -> float | None:
     """The metric at the last step that logs it whose cumulative samples are <= ``budget``."""
     if run.samples is None:
@@ -208,7 +223,7 @@ def aapo_report(cells: Sequence[Cell], img: Path | None, baseline: str = "grpo",
         hit = [x for x in reach if x is not None]
         per_step = c.estimate(lambda r: r.samples[-1] / max(r.steps[-1], 1) if r.samples else None)
         rows.append([c.variant, _seeds(c), f"{per_step.mean:.0f}",
-                     _fmt(c.estimate(lambda r: eval_start_end(r, metric)[0] if eval_start_end(r, metric) else None)),
+                     _fmt(c.estimate(lambda r: eval_start(r, metric))),
                      _fmt(c.estimate(lambda r: final_value(r, metric))),
                      _fmt(c.estimate(lambda r: value_at_budget(r, metric, budget))),
                      (_fmt(Estimate(tuple(float(s) for s, _ in hit), len(hit)), 1) if hit else "—")
@@ -283,14 +298,14 @@ def maxpo_report(cells: Sequence[Cell], img: Path | None) -> tuple[list[str], li
 def async_report(cells: Sequence[Cell], img: Path | None, axis: str = "rollout.max_staleness"
                  ) -> tuple[list[str], list[Path]]:
     rows = []
-    order = sorted(cells, key=lambda c: (c.grid.get(axis, 0), list(dict.fromkeys(x.variant for x in cells)).index(c.variant)))
+    variants = list(dict.fromkeys(c.variant for c in cells))
+    order = sorted(cells, key=lambda c: (c.grid.get(axis, 0), variants.index(c.variant)))
     for c in order:
-        se = lambda r: eval_start_end(r)  # noqa: E731
         rows.append([c.variant, str(c.grid.get(axis, "—")), _seeds(c),
-                     _fmt(c.estimate(lambda r: se(r)[1] if se(r) else None)),
-                     _fmt(c.estimate(lambda r: se(r)[1] - se(r)[0] if se(r) else None)),
+                     _fmt(c.estimate(eval_end)),
+                     _fmt(c.estimate(eval_change)),
                      _count(c, collapsed),
-                     _count(c, lambda r: se(r)[1] < se(r)[0] if se(r) else None),
+                     _count(c, lambda r: None if eval_change(r) is None else eval_change(r) < 0),
                      _fmt(c.estimate(lambda r: lowest_window(r, "reward/mean"))),
                      _fmt(c.estimate(lambda r: mean_over(r, "policy/nll_neg_over_pos")), 2),
                      _fmt(c.estimate(lambda r: final_value(r, "policy/nll_neg_over_pos")), 2),
@@ -302,7 +317,6 @@ def async_report(cells: Sequence[Cell], img: Path | None, axis: str = "rollout.m
     written = []
     if img is not None:
         plt = _plt()
-        variants = list(dict.fromkeys(c.variant for c in cells))
         etas = sorted({c.grid.get(axis, 0) for c in cells})
         top = max(etas)
         fig, axes = plt.subplots(1, 3, figsize=(15, 3.9))
@@ -310,7 +324,7 @@ def async_report(cells: Sequence[Cell], img: Path | None, axis: str = "rollout.m
             xs, ms, hs = [], [], []
             for eta in etas:
                 c = next((c for c in cells if c.variant == v and c.grid.get(axis, 0) == eta), None)
-                e = c.estimate(lambda r: eval_start_end(r)[1] if eval_start_end(r) else None) if c else None
+                e = c.estimate(eval_end) if c else None
                 if e is not None and e.values:
                     m, h = mean_ci(e.values)
                     xs.append(eta + (i - len(variants) / 2) * 0.08)

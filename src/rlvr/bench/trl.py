@@ -54,12 +54,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from rlvr.bench import config_path
 from rlvr.bench.advantages import _positive_int
 
 __all__ = ["MODEL_PRESETS", "PARTS", "StepTimer", "bench_config", "check_settings", "format_table", "prompt_texts",
            "reward_function", "run_rlvr", "run_trl", "step_problems", "summarize", "add_arguments", "command"]
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
 
 MODEL_PRESETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tiny-arith": ("configs/tiny_arith/grpo.yaml", ()),
@@ -90,11 +89,6 @@ PARTS: tuple[tuple[str, str], ...] = (
 # Settings shared by both sides
 # ----------------------------------------------------------------------------------------------
 
-def _config_path(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_file() or p.is_absolute() else REPO_ROOT / p
-
-
 def bench_config(model: str, *, steps: int, threads: int, config: str | None = None, prompts: int | None = None,
                  group_size: int | None = None, max_new_tokens: int | None = None,
                  overrides: Sequence[str] = ()) -> Any:
@@ -106,7 +100,7 @@ def bench_config(model: str, *, steps: int, threads: int, config: str | None = N
     extra += [f"rollout.prompts_per_step={prompts}"] if prompts else []
     extra += [f"rollout.group_size={group_size}"] if group_size else []
     extra += [f"rollout.max_new_tokens={max_new_tokens}"] if max_new_tokens else []
-    cfg = load_config(_config_path(config or preset), [*preset_overrides, *extra, *overrides])
+    cfg = load_config(config_path(config or preset), [*preset_overrides, *extra, *overrides])
     check_settings(cfg)
     return cfg
 

@@ -79,13 +79,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from rlvr.bench import config_path
 from rlvr.bench.advantages import _positive_int, machine_info
 
 __all__ = ["MODEL_CHOICES", "ModelShape", "model_shape", "generation_flops_per_token", "generation_flops",
            "training_flops_per_token", "matmul_peak", "vendor_peak", "build_qwen2_05b_random", "run",
            "format_table", "add_arguments", "command"]
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 TINY_ARITH_CONFIG = "configs/tiny_arith/grpo.yaml"
 
 MODEL_CHOICES = ("tiny-arith", "smollm2-135m-instruct", "qwen2-0.5b-random", "tiny-random")
@@ -286,7 +286,7 @@ def load_workload(name: str, *, device: str, dtype: torch.dtype, batch: int, gro
         from rlvr.config import load_config
         from rlvr.trainer.build import build_problems, make_encoder
 
-        cfg = load_config(str(REPO_ROOT / TINY_ARITH_CONFIG))
+        cfg = load_config(config_path(TINY_ARITH_CONFIG))
         problems, _ = build_problems(cfg)
         encode = make_encoder(tokenizer, cfg.model.system_prompt)
         prompts = [encode(p) for p in problems[:count]]

@@ -465,10 +465,10 @@ def format_table(res: MCResult) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 
 def _config(seed: int, threads: int) -> Any:
-    from rlvr.bench.trl import _config_path
+    from rlvr.bench import config_path
     from rlvr.config import load_config
 
-    return load_config(_config_path(CONFIG), ["model.name=tiny-arith", "model.lora=false", "model.dtype=float32",
+    return load_config(config_path(CONFIG), ["model.name=tiny-arith", "model.lora=false", "model.dtype=float32",
                                               "rollout.temperature=1.0", "rollout.top_p=1.0", "reward.num_workers=0",
                                               f"seed={seed}", f"model.threads={threads}"])
 
