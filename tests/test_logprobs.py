@@ -316,3 +316,121 @@ def test_training_forward_uses_the_gqa_attention_and_restores_sdpa():
     lp.sum().backward()
     h.remove()
     assert seen == [GQA_SDPA] and model.config._attn_implementation == "sdpa"
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared prompts: each distinct prompt runs once, its rows attend to its KV cache
+# ----------------------------------------------------------------------------------------------
+
+def grouped_batch(seed: int = 0, T: int = 6):
+    """Seven rows over three prompts (lengths 5, 2 and 1), not contiguous; completion lengths include 0, 1 and T;
+    garbage (-1) past each length."""
+    g = torch.Generator().manual_seed(seed)
+    pa, pb, pc = ([1] + torch.randint(3, V, (n - 1,), generator=g).tolist() for n in (5, 2, 1))
+    prompts = [pa, pa, pb, pa, pb, pc, pb]
+    lengths = torch.tensor([T, 0, 3, 1, 5, 2, T])
+    completion = torch.randint(3, V, (7, T), generator=g)
+    completion[torch.arange(T)[None, :] >= lengths[:, None]] = -1
+    return prompts, completion, lengths
+
+
+class TokenCount:
+    """Counts the token positions (and calls) the decoder's embedding sees."""
+
+    def __init__(self, model):
+        self.tokens, self.calls = 0, 0
+        self.handle = model.get_input_embeddings().register_forward_hook(self)
+
+    def __call__(self, module, args, output):
+        self.tokens += args[0].numel()
+        self.calls += 1
+
+
+def test_shared_prompts_match_naive_values_entropy_and_every_gradient(model):
+    prompts, completion, lengths = grouped_batch()
+    w = _weights(lengths, completion.shape[1], seed=3)
+    counter = TokenCount(model)
+    lp, ent = completion_logprobs(model, prompts, completion, lengths, chunk_size=4, with_entropy=True)
+    counter.handle.remove()
+    # Two passes: 3 prompts padded to 5, then 7 rows of max(lengths) - 1 = 5 completion tokens (unshared: 7 × 11).
+    assert (counter.calls, counter.tokens) == (2, 3 * 5 + 7 * 5)
+    ref, ref_ent = naive_logprobs(model, prompts, completion.clamp(min=0), lengths)
+    torch.testing.assert_close(lp, ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ent, ref_ent, rtol=0, atol=1e-5)
+    mask = torch.arange(completion.shape[1])[None, :] < lengths[:, None]
+    assert torch.all(lp[~mask] == 0) and torch.all(lp[mask] < 0)
+    got, want = grads(model, (lp * w).sum()), grads(model, (ref * w).sum())
+    assert set(got) == set(want) and all(got[n] is not None for n in got)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_shared_and_unshared_agree_in_float64():
+    """Values to fp64 rounding; gradients to ~3e-8 relative (norm), because Qwen2's RMSNorm computes in fp32 and the
+    shared path sums the prompt's gradient over its rows in another order."""
+    m, _ = tiny_random(2)
+    m = m.double()
+    prompts, completion, lengths = grouped_batch(seed=1)
+    w = _weights(lengths, completion.shape[1], seed=4).double()
+    out = {}
+    for share in (True, False):
+        lp, ent = completion_logprobs(m, prompts, completion, lengths, with_entropy=True, share_prompts=share)
+        assert lp.dtype == torch.float64
+        out[share] = (lp, ent, grads(m, (lp * w).sum()))
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=0, atol=1e-12)
+    for name, g in out[False][2].items():
+        assert float((out[True][2][name] - g).norm()) <= 3e-7 * float(g.norm()) + 1e-12, name
+
+
+def test_shared_prompts_with_lora_match_naive():
+    base, _ = tiny_random(3)
+    peft_model = apply_lora(base, rank=4, alpha=8)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    prompts, completion, lengths = grouped_batch(seed=2)
+    w = _weights(lengths, completion.shape[1], seed=5)
+    lp, _ = completion_logprobs(peft_model, prompts, completion, lengths)
+    ref, _ = naive_logprobs(peft_model, prompts, completion.clamp(min=0), lengths)
+    torch.testing.assert_close(lp, ref, rtol=0, atol=1e-5)
+    got, want = grads(peft_model, (lp * w).sum()), grads(peft_model, (ref * w).sum())
+    assert got and all("lora_" in n for n in got)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_shared_prompts_when_every_completion_is_at_most_one_token(model):
+    """max(lengths) ≤ 1: only the prompt pass runs; its last hidden state predicts token 0."""
+    prompts = [[1, 5, 6], [1, 5, 6], [1, 7]]
+    completion = torch.tensor([[8], [9], [10]])
+    lengths = torch.tensor([1, 0, 1])
+    counter = TokenCount(model)
+    lp, _ = completion_logprobs(model, prompts, completion, lengths)
+    counter.handle.remove()
+    assert (counter.calls, counter.tokens) == (1, 2 * 3)
+    ref, _ = naive_logprobs(model, prompts, completion, lengths)
+    torch.testing.assert_close(lp, ref, rtol=0, atol=1e-5)
+    assert lp[1, 0] == 0
+
+
+@pytest.mark.parametrize("case", ["distinct", "off", "checkpointing"])
+def test_unshared_path_when_prompts_are_distinct_sharing_is_off_or_checkpointing(case):
+    from rlvr.models import set_gradient_checkpointing
+
+    m, _ = tiny_random(0)
+    prompts, completion, lengths = grouped_batch(seed=3)
+    if case == "distinct":
+        prompts = [p + [40 + i] for i, p in enumerate(prompts)]
+    if case == "checkpointing":
+        set_gradient_checkpointing(m, True)
+        m.train()
+    counter = TokenCount(m)
+    lp, _ = completion_logprobs(m, prompts, completion, lengths, share_prompts=case != "off")
+    counter.handle.remove()
+    L = max(len(p) + int(n) for p, n in zip(prompts, lengths))
+    assert (counter.calls, counter.tokens) == (1, len(prompts) * L)
+    m.eval()
+    ref, _ = naive_logprobs(m, prompts, completion.clamp(min=0), lengths)
+    torch.testing.assert_close(lp, ref, rtol=0, atol=1e-5)

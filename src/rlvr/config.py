@@ -52,6 +52,10 @@ class ModelConfig:
     """System message for chat templates; None keeps the template's default."""
     logprob_chunk_size: int = 1024
     """Token positions per chunk of the chunked log-softmax."""
+    share_prompts: bool = True
+    """Log-prob passes (training, π_old, reference) run each distinct prompt of a micro-batch through the decoder
+    once and let its completions attend to its KV cache, gradients included (``logprobs.shared_prompt_hidden``);
+    false runs prompt + completion per row. Same values up to float rounding."""
     threads: int | None = None
     """torch CPU threads (None: torch's default; the async trainer with thread workers then takes half the
     cores, so that generation and training each run on their own half)."""

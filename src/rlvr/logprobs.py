@@ -8,7 +8,13 @@ that predict a completion token are kept (N of them), and ``selective_log_softma
 head to chunks of rows: forward and backward hold one [chunk, V] fp32 block at a time, and nothing
 [N, V]-sized is saved for backward (the backward recomputes each chunk's logits).
 
-Shapes: B rows, T padded completion length, H hidden size, V vocabulary, N = sum(lengths) selected rows.
+The G completions of a GRPO group share one prompt. ``completion_logprobs`` runs each distinct prompt of
+a batch through the decoder once and lets its rows attend to that KV cache (gradients flow back through
+it), so the prompt costs U·P tokens instead of B·P: with SmolLM2's chat-template prompts (~80 tokens) and
+G = 8 that is most of a training step's decoder work (docs/benchmarks.md).
+
+Shapes: B rows, T padded completion length, H hidden size, V vocabulary, N = sum(lengths) selected rows,
+U distinct prompts, P longest prompt.
 """
 from __future__ import annotations
 
@@ -139,8 +145,8 @@ def _check_head_inputs(hidden: torch.Tensor, weight: torch.Tensor, targets: torc
 # ----------------------------------------------------------------------------------------------
 
 def completion_logprobs(model: Any, prompt_ids: list[list[int]], completion_ids: torch.Tensor,
-                        lengths: torch.Tensor, *, chunk_size: int = 1024,
-                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        lengths: torch.Tensor, *, chunk_size: int = 1024, with_entropy: bool = False,
+                        share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(completion[b, t] | prompt[b], completion[b, :t]) for t < lengths[b]; exactly 0 elsewhere.
 
     model: a Hugging Face causal LM, or a PEFT model wrapping one (the LoRA layers sit inside the decoder
@@ -148,24 +154,33 @@ def completion_logprobs(model: Any, prompt_ids: list[list[int]], completion_ids:
     prompt_ids: B lists of ids, each non-empty (the last prompt token predicts completion token 0).
     completion_ids: Long[B, T], right-padded; values at t >= lengths[b] are never read.
     lengths: Long[B], in [0, T].
+    share_prompts: when some rows have the same prompt (a GRPO group), run each distinct prompt through the
+        decoder once and let its rows attend to its KV cache (``shared_prompt_hidden``); the gradient of every
+        row flows back through the shared cache. The values are those of the unshared path up to float
+        rounding. Falls back to the unshared path when every prompt is distinct, under gradient
+        checkpointing, or for caches that are not plain ``DynamicLayer``s (sliding windows).
     Returns (logprobs, entropy or None), each Float32[B, T] (float64 for a float64 model), on the model's
-    device. The decoder runs on right-padded rows prompt + completion[:length] with an attention mask;
-    the hidden state at position len(prompt) − 1 + t predicts completion token t. Gradients flow to every
-    trainable parameter; entropy carries none. Works under torch.autocast: the head is computed in fp32.
+    device. Unshared, the decoder runs on right-padded rows prompt + completion[:length] with an attention
+    mask; the hidden state at position len(prompt) − 1 + t predicts completion token t. Gradients flow to
+    every trainable parameter; entropy carries none. Works under torch.autocast: the head is computed in fp32.
     """
     decoder, head = decoder_and_head(model)
     device = head.weight.device
     B, T = check_batch(prompt_ids, completion_ids, lengths)
     lengths = lengths.to(device)
     completion_ids = completion_ids.to(device)
-    input_ids, attention_mask, prompt_lens = pack_rows(prompt_ids, completion_ids, lengths, device)
-    with gqa_attention(decoder):
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-
     t = torch.arange(T, device=device)
     rows, cols = (t[None, :] < lengths[:, None]).nonzero(as_tuple=True)      # [N] each, row-major
-    positions = prompt_lens[rows] - 1 + cols
-    lp, ent = selective_log_softmax(hidden[rows, positions], head.weight, completion_ids[rows, cols],
+    unique, row_prompt = prompt_groups(prompt_ids)
+    with gqa_attention(decoder):
+        if share_prompts and len(unique) < B and can_share_prompts(model, decoder):
+            hidden = shared_prompt_hidden(decoder, unique, row_prompt, completion_ids, lengths)  # [B, 1 + T', H]
+            selected = hidden[rows, cols]
+        else:
+            input_ids, attention_mask, prompt_lens = pack_rows(prompt_ids, completion_ids, lengths, device)
+            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            selected = hidden[rows, prompt_lens[rows] - 1 + cols]
+    lp, ent = selective_log_softmax(selected, head.weight, completion_ids[rows, cols],
                                     bias=head.bias, chunk_size=chunk_size, with_entropy=with_entropy)
     flat = rows * T + cols
     out_dtype = lp.dtype
@@ -174,6 +189,69 @@ def completion_logprobs(model: Any, prompt_ids: list[list[int]], completion_ids:
     if with_entropy:
         entropy = torch.zeros(B * T, dtype=out_dtype, device=device).index_put((flat,), ent).view(B, T)
     return logprobs, entropy
+
+
+def prompt_groups(prompt_ids: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """(distinct prompts in order of first appearance, index into them of each row's prompt)."""
+    index: dict[tuple[int, ...], int] = {}
+    row_prompt = [index.setdefault(tuple(p), len(index)) for p in prompt_ids]
+    return [list(p) for p in index], row_prompt
+
+
+def can_share_prompts(model: Any, decoder: torch.nn.Module) -> bool:
+    """Whether ``shared_prompt_hidden`` applies: no gradient checkpointing in training (HF then turns the cache
+    off) and a cache of plain full-attention ``DynamicLayer``s (no sliding window or other layer kind)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base, "is_gradient_checkpointing", False) and base.training:
+        return False
+    try:
+        layers = DynamicCache(config=decoder.config).layers
+    except Exception:  # noqa: BLE001 - a model whose config DynamicCache cannot read: do not share
+        return False
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def shared_prompt_hidden(decoder: torch.nn.Module, unique: list[list[int]], row_prompt: list[int],
+                         completion_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Final hidden states [B, 1 + T', H] with T' = max(lengths) − 1 (at least 0): column 0 is the last prompt
+    token's (it predicts completion token 0), column c ≥ 1 that of completion token c − 1 (predicting token c).
+
+    Two decoder passes. 1. The U distinct prompts, right-padded to P = max prompt length, fill a KV cache
+    [U, kv, P, d] per layer. 2. The cache is indexed to the B rows (``row_prompt``, differentiable) and the
+    completions' first T' tokens run on it at positions len(prompt) + t, with the attention mask
+    [prompt mask of the row | t < lengths]. Rows see exactly the keys and values of the unshared path, so the
+    values match it up to float rounding; the prompt's share of the work drops from B·P to U·P tokens.
+    """
+    from transformers import DynamicCache
+
+    device = completion_ids.device
+    U, B = len(unique), len(row_prompt)
+    lens = torch.tensor([len(p) for p in unique], dtype=torch.long, device=device)
+    P = int(lens.max())
+    ids = torch.zeros(U, P, dtype=torch.long, device=device)
+    for u, p in enumerate(unique):
+        ids[u, :len(p)] = torch.as_tensor(p, dtype=torch.long, device=device)
+    mask = (torch.arange(P, device=device)[None, :] < lens[:, None]).long()                  # [U, P]
+    positions = torch.arange(P, device=device)[None, :].expand(U, P)
+    cache = DynamicCache(config=decoder.config)
+    h_prompt = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                       use_cache=True).last_hidden_state                                   # [U, P, H]
+    rp = torch.as_tensor(row_prompt, dtype=torch.long, device=device)                      # [B]
+    first = h_prompt[rp, lens[rp] - 1][:, None]                                            # [B, 1, H]
+    Tc = max(int(lengths.max()) - 1, 0) if B else 0
+    if Tc == 0:
+        return first
+    cache.batch_select_indices(rp)
+    t = torch.arange(Tc, device=device)
+    real = t[None, :] < lengths[:, None]                                                   # [B, Tc]
+    comp_ids = torch.where(real, completion_ids[:, :Tc], 0)
+    comp_mask = torch.cat([mask[rp], real.long()], dim=1)                                   # [B, P + Tc]
+    h_comp = decoder(input_ids=comp_ids, attention_mask=comp_mask, position_ids=lens[rp][:, None] + t[None, :],
+                     past_key_values=cache, use_cache=True).last_hidden_state              # [B, Tc, H]
+    return torch.cat([first, h_comp], dim=1)
 
 
 def decoder_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Linear]:

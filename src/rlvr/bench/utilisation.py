@@ -356,7 +356,8 @@ def time_training(model: Any, shape: ModelShape, *, batch: int, seq_len: int, pr
         model.zero_grad(set_to_none=True)
         sync()
         t0 = time.perf_counter()
-        logprobs, _ = completion_logprobs(model, prompts, completions, lengths)
+        # unshared: the FLOP count assumes every row's prompt tokens run through the decoder
+        logprobs, _ = completion_logprobs(model, prompts, completions, lengths, share_prompts=False)
         loss = -(adv[:, None] * logprobs).sum() / batch
         loss.backward()
         sync()

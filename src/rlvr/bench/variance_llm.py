@@ -140,7 +140,9 @@ def sequence_logprobs(model: torch.nn.Module, prompt_ids: list[list[int]], compl
 
     device = next(model.parameters()).device
     lengths = lengths.to(device)
-    lp, _ = completion_logprobs(model, prompt_ids, completion_ids.to(device), lengths, chunk_size=chunk_size)
+    # Unshared: the per-sample gradients of ``estimator_gradients`` need every row's decoder pass to be its own.
+    lp, _ = completion_logprobs(model, prompt_ids, completion_ids.to(device), lengths, chunk_size=chunk_size,
+                                share_prompts=False)
     mask = torch.arange(lp.shape[1], device=device)[None, :] < lengths[:, None]      # the trainer's loss_mask
     return (lp * mask).sum(-1)
 

@@ -51,11 +51,11 @@ def values(critic: ValueModel, ro: Rollout, *, micro_batch_size: int,
 @torch.no_grad()
 def token_kl(model: torch.nn.Module, reference: Callable[[], AbstractContextManager], ro: Rollout, *,
              micro_batch_size: int, chunk_size: int, estimator: str = "k1",
-             autocast: Callable[[], AbstractContextManager] = nullcontext) -> torch.Tensor:
+             autocast: Callable[[], AbstractContextManager] = nullcontext, share_prompts: bool = True) -> torch.Tensor:
     """Float32[B, T] on the CPU: the per-token KL estimate of π_old (the current weights) to π_ref, 0 masked."""
     B, T = ro.completion_ids.shape
-    old = frozen_logprobs(model, ro, micro_batch_size, chunk_size, autocast=autocast)
-    ref = frozen_logprobs(model, ro, micro_batch_size, chunk_size, reference, autocast)
+    old = frozen_logprobs(model, ro, micro_batch_size, chunk_size, autocast=autocast, share_prompts=share_prompts)
+    ref = frozen_logprobs(model, ro, micro_batch_size, chunk_size, reference, autocast, share_prompts)
     rows = torch.arange(B)
     lp_old, lp_ref = gather_rows(old, rows, T).cpu(), gather_rows(ref, rows, T).cpu()
     return kl_estimators.get(estimator)(lp_old, lp_ref, loss_mask=ro.loss_mask.cpu()).float()

@@ -48,7 +48,8 @@ def update_settings(cfg: TrainConfig) -> UpdateSettings:
                           kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, num_iterations=a.num_iterations,
                           mini_batches=a.mini_batches, micro_batch_size=a.micro_batch_size,
                           max_grad_norm=cfg.optim.max_grad_norm, max_new_tokens=cfg.rollout.max_new_tokens,
-                          chunk_size=cfg.model.logprob_chunk_size, seed=cfg.seed, old_logprobs=a.old_logprobs)
+                          chunk_size=cfg.model.logprob_chunk_size, seed=cfg.seed, old_logprobs=a.old_logprobs,
+                          share_prompts=cfg.model.share_prompts)
 
 
 def completion_rows(batch, limit: int = 8) -> list[dict[str, Any]]:

@@ -39,6 +39,8 @@ class UpdateSettings:
     seed: int
     old_logprobs: str = "recompute"
     """π_old of ratio losses: "recompute" (learner forward) or "behavior" (the sampler's log-probs)."""
+    share_prompts: bool = True
+    """Log-prob passes run each distinct prompt once (``completion_logprobs(share_prompts=...)``)."""
 
 
 def _micro(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -74,27 +76,27 @@ def optimizer_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Opti
 
 
 def _logprobs(model: torch.nn.Module, ro: Rollout, rows: torch.Tensor, chunk: int, *, entropy: bool = False,
-              autocast: Callable[[], AbstractContextManager] = nullcontext):
+              autocast: Callable[[], AbstractContextManager] = nullcontext, share_prompts: bool = True):
     lengths = ro.lengths[rows]
     T = max(int(lengths.max()), 1)
     device = next(model.parameters()).device
     with autocast():
         lp, ent = completion_logprobs(model, [ro.prompt_ids[i] for i in rows.tolist()],
                                       ro.completion_ids[rows, :T].to(device), lengths.to(device),
-                                      chunk_size=chunk, with_entropy=entropy)
+                                      chunk_size=chunk, with_entropy=entropy, share_prompts=share_prompts)
     mask = torch.arange(T, device=device)[None, :] < lengths.to(device)[:, None]
     return lp, ent, mask
 
 
 @torch.no_grad()
 def frozen_logprobs(model, ro: Rollout, micro_batch_size: int, chunk_size: int, context=nullcontext,
-                    autocast=nullcontext) -> list[torch.Tensor]:
+                    autocast=nullcontext, share_prompts: bool = True) -> list[torch.Tensor]:
     """Log-probs of every row, micro-batch by micro-batch, without grad; a list indexed by row."""
     out: list[torch.Tensor] = [None] * ro.lengths.shape[0]
     rows = torch.arange(ro.lengths.shape[0])
     with context():
         for mb in _micro(rows, micro_batch_size):
-            lp, _, _ = _logprobs(model, ro, mb, chunk_size, autocast=autocast)
+            lp, _, _ = _logprobs(model, ro, mb, chunk_size, autocast=autocast, share_prompts=share_prompts)
             for j, i in enumerate(mb.tolist()):
                 out[i] = lp[j]
     return out
@@ -136,10 +138,12 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
     ro = batch.rollout
     behavior = _behavior_logprobs(ro, spec, s)
     use_behavior_as_old = behavior is not None and not spec.needs_behavior_logprobs
-    old = frozen_logprobs(model, ro, s.micro_batch_size, s.chunk_size, autocast=autocast) \
-        if spec.needs_old_logprobs and updates > 1 and not use_behavior_as_old else None
+    needs_old = spec.needs_old_logprobs and updates > 1 and not use_behavior_as_old
+    old = frozen_logprobs(model, ro, s.micro_batch_size, s.chunk_size, autocast=autocast,
+                          share_prompts=s.share_prompts) if needs_old else None
     want_ref = reference is not None and (s.kl_coef > 0 or log_ref_kl)
-    ref = frozen_logprobs(model, ro, s.micro_batch_size, s.chunk_size, reference, autocast) if want_ref else None
+    ref = frozen_logprobs(model, ro, s.micro_batch_size, s.chunk_size, reference, autocast, s.share_prompts) \
+        if want_ref else None
     kl_fn = kl_estimators.get(s.kl_estimator)
     params = [p for p in model.parameters() if p.requires_grad]
     tok_sums: dict[str, float] = {}   # token-weighted statistics, over every pass
@@ -156,7 +160,8 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
         norm = losses.loss_normalizer([batch.rollout.loss_mask[mb] for mb in micro], mode, max_tokens=s.max_new_tokens)
         finite, total = True, 0.0
         for mb in micro:
-            lp, ent, mask = _logprobs(model, ro, mb, s.chunk_size, entropy=True, autocast=autocast)
+            lp, ent, mask = _logprobs(model, ro, mb, s.chunk_size, entropy=True, autocast=autocast,
+                                      share_prompts=s.share_prompts)
             if not torch.isfinite(lp.detach()[mask]).all():
                 finite = False
                 break
