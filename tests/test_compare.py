@@ -340,6 +340,8 @@ def test_command_writes_out_dir(tmp_path, capsys):
     ("no_config", "no config.yaml in"),
     ("twice", "is given twice"),
     ("label_key", "--label-keys: 'algo.nope' is in no run's config.yaml"),
+    ("label_key_mapping", "--label-keys: 'algo' is in no run's config.yaml (it is a mapping: name one of its "
+                          "keys, algo.advantage"),
 ])
 def test_command_errors(tmp_path, capsys, case, message):
     good = make_run(tmp_path, "good", acc_rows([0.1, 0.2]))
@@ -359,6 +361,8 @@ def test_command_errors(tmp_path, capsys, case, message):
         dirs.append(good)
     elif case == "label_key":
         kw["label_keys"] = "algo.nope"
+    elif case == "label_key_mapping":
+        kw["label_keys"] = "algo"
     assert compare.command(args(dirs, **kw)) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("rlvr compare: error: ") and message in captured.err

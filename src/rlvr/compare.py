@@ -647,8 +647,11 @@ def _run(args: argparse.Namespace) -> int:
             raise CompareError(f"metric {m!r} is in no run's metrics.jsonl (they have: {shown})")
     if label_keys:
         for k in label_keys:
-            if not any(k in flatten_config(r.config) for r in runs):
-                raise CompareError(f"--label-keys: {k!r} is in no run's config.yaml")
+            flat = {key for r in runs for key in flatten_config(r.config)}
+            if k not in flat:
+                under = sorted(key for key in flat if key.startswith(k + "."))
+                hint = f" (it is a mapping: name one of its keys, {', '.join(under)})" if under else ""
+                raise CompareError(f"--label-keys: {k!r} is in no run's config.yaml{hint}")
     groups = group_runs(runs, label_keys)
     text = render_markdown(groups, metrics, thresholds, label_keys)
     print(text, end="")
