@@ -236,7 +236,8 @@ def make_collector(cfg: TrainConfig, stream: Any, encode: Callable[[Problem], li
     values_fn = partial(critic_lib.values, critic, micro_batch_size=a.micro_batch_size, autocast=autocast) \
         if critic is not None else None
     kl_fn = partial(critic_lib.token_kl, policy, reference.context, micro_batch_size=a.micro_batch_size,
-                    chunk_size=cfg.model.logprob_chunk_size, autocast=autocast, share_prompts=cfg.model.share_prompts) \
+                    chunk_size=cfg.model.logprob_chunk_size, autocast=autocast,
+                    share_prompts=cfg.model.share_prompts) \
         if a.reward_kl_coef > 0 and reference is not None and policy is not None else None
     r = cfg.reward
     return Collector(

@@ -51,7 +51,8 @@ def values(critic: ValueModel, ro: Rollout, *, micro_batch_size: int,
 @torch.no_grad()
 def token_kl(model: torch.nn.Module, reference: Callable[[], AbstractContextManager], ro: Rollout, *,
              micro_batch_size: int, chunk_size: int, estimator: str = "k1",
-             autocast: Callable[[], AbstractContextManager] = nullcontext, share_prompts: bool = True) -> torch.Tensor:
+             autocast: Callable[[], AbstractContextManager] = nullcontext,
+             share_prompts: bool = True) -> torch.Tensor:
     """Float32[B, T] on the CPU: the per-token KL estimate of π_old (the current weights) to π_ref, 0 masked."""
     B, T = ro.completion_ids.shape
     old = frozen_logprobs(model, ro, micro_batch_size, chunk_size, autocast=autocast, share_prompts=share_prompts)
