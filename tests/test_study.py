@@ -111,20 +111,24 @@ def test_aapo_report_figures(tmp_path):
 
 
 def test_maxpo_report_picks_pass_at_K(tmp_path):
-    def rows(p):
-        return [{"step": 0, "reward/mean": 0.1, "rollout/samples": 4},
-                {"step": 1, **{f"eval/pass@{k}": v for k, v in zip((1, 2, 4), p)}}]
+    def rows(p, entropy=None):
+        train = [{"step": s, "reward/mean": 0.1 if s < 5 else 0.1 + 0.01 * s, "rollout/samples": 4,
+                  **({"policy/entropy": entropy[s]} if entropy else {})} for s in range(16)]
+        return train + [{"step": 16, **{f"eval/pass@{k}": v for k, v in zip((1, 2, 4), p)}}]
     root = sweep(tmp_path, [
         ("grpo", {}, 0, rows([0.30, 0.40, 0.50]), {}),
         ("maxpo_k2", {}, 0, rows([0.25, 0.45, 0.55]), {"algo__advantage": "maxpo", "algo__k": 2}),
-        ("maxpo_k4", {}, 0, rows([0.20, 0.42, 0.60]), {"algo__advantage": "maxpo", "algo__k": 4}),
+        ("maxpo_k4", {}, 0, rows([0.20, 0.42, 0.60], [0.2] * 6 + [0.4] * 10),
+         {"algo__advantage": "maxpo", "algo__k": 4}),
     ])
     lines, written = study.maxpo_report(study.load_sweep(root), tmp_path / "img")
-    assert lines[0] == "| estimator | K | seeds | pass@1 | pass@2 | pass@4 | pass@K |"
+    assert lines[0] == ("| estimator | K | seeds | pass@1 | pass@2 | pass@4 | pass@K | reward, first 5 → last 10 | "
+                        "entropy, first 5 → last 10 |")
     body = [[c.strip() for c in r.split("|")[1:-1]] for r in lines[2:]]
-    assert body == [["grpo", "—", "1", "0.300", "0.400", "0.500", "—"],
-                    ["maxpo", "2", "1", "0.250", "0.450", "0.550", "0.450"],
-                    ["maxpo", "4", "1", "0.200", "0.420", "0.600", "0.600"]]
+    # reward: steps 0-4 are 0.1; the last 10 (steps 6-15) are 0.1 + 0.01·s, mean 0.1 + 0.105 = 0.205
+    assert body == [["grpo", "—", "1", "0.300", "0.400", "0.500", "—", "0.100 → 0.205", "n/a"],
+                    ["maxpo", "2", "1", "0.250", "0.450", "0.550", "0.450", "0.100 → 0.205", "n/a"],
+                    ["maxpo", "4", "1", "0.200", "0.420", "0.600", "0.600", "0.100 → 0.205", "0.200 → 0.400"]]
     assert written == [tmp_path / "img" / "study_maxpo.png"] and written[0].stat().st_size > 1000
 
 

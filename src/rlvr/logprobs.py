@@ -171,9 +171,9 @@ def completion_logprobs(model: Any, prompt_ids: list[list[int]], completion_ids:
     completion_ids = completion_ids.to(device)
     t = torch.arange(T, device=device)
     rows, cols = (t[None, :] < lengths[:, None]).nonzero(as_tuple=True)      # [N] each, row-major
-    unique, row_prompt = prompt_groups(prompt_ids)
+    unique, row_prompt = prompt_groups(prompt_ids) if share_prompts else (prompt_ids, [])
     with gqa_attention(decoder):
-        if share_prompts and len(unique) < B and can_share_prompts(model, decoder):
+        if len(unique) < B and can_share_prompts(model, decoder):
             hidden = shared_prompt_hidden(decoder, unique, row_prompt, completion_ids, lengths)  # [B, 1 + T', H]
             selected = hidden[rows, cols]
         else:

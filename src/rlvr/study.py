@@ -11,7 +11,7 @@ and a column saying how many seeds there are. One PNG per study goes to ``--img-
   final accuracy (a run that never reaches it is left out of the mean and the cell says ``reached k/n``).
 * ``maxpo`` (configs/sweeps/maxpo.yaml): held-out pass@1 .. pass@8 at the end (8 samples per problem at
   temperature 1, the unbiased pass@k estimator), one row per estimator and K; the column pass@K is the metric that
-  estimator optimises.
+  estimator optimises; training reward and token entropy over the first 5 logged steps → the last 10 (seed means).
 * ``async`` (configs/sweeps/async_staleness.yaml): per objective and staleness bound η: final held-out accuracy and
   its change from the start; **collapses**, a run whose training reward over its last 10 steps is below that over
   its first 5 (reward falling below its starting value) by a one-sided Welch t-test at the 5% level, and separately
@@ -165,6 +165,13 @@ def _fmt(e: Estimate, digits: int = 3) -> str:
     return text + (f" ({e.n}/{e.n_runs})" if e.n < e.n_runs else "")
 
 
+def _first_to_last(c: Cell, metric: str, first: int = 5, last: int = 10) -> str:
+    """Seed mean of a metric's first ``first`` logged values → seed mean of its last ``last``."""
+    a = c.estimate(lambda r: window_mean(r, metric, first=first)).values
+    b = c.estimate(lambda r: window_mean(r, metric, last=last)).values
+    return f"{math.fsum(a) / len(a):.3f} → {math.fsum(b) / len(b):.3f}" if a and b else "n/a"
+
+
 def _seeds(c: Cell) -> str:
     return f"{len(c.runs)}" + (f"/{c.planned}" if len(c.runs) < c.planned else "")
 
@@ -265,8 +272,10 @@ def maxpo_report(cells: Sequence[Cell], img: Path | None) -> tuple[list[str], li
         name, k = _estimator(c)
         rows.append([name, "—" if k is None else str(k), _seeds(c),
                      *[_fmt(c.estimate(lambda r, m=m: final_value(r, m))) for m in metrics],
-                     _fmt(c.estimate(lambda r: final_value(r, f"eval/pass@{k}"))) if k else "—"])
-    lines = _table(["estimator", "K", "seeds", *[m.removeprefix("eval/") for m in metrics], "pass@K"], rows)
+                     _fmt(c.estimate(lambda r: final_value(r, f"eval/pass@{k}"))) if k else "—",
+                     _first_to_last(c, "reward/mean"), _first_to_last(c, "policy/entropy")])
+    lines = _table(["estimator", "K", "seeds", *[m.removeprefix("eval/") for m in metrics], "pass@K",
+                    "reward, first 5 → last 10", "entropy, first 5 → last 10"], rows)
     written = []
     if img is not None:
         plt = _plt()

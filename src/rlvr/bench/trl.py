@@ -460,6 +460,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--override", nargs="*", default=[], help="extra key=value config overrides (both sides)")
 
 
+def model_facts(cfg: Any, problems: Sequence[Any]) -> tuple[int, float]:
+    """(parameter count of the model, mean prompt length in tokens over ``problems`` as rlvr encodes them)."""
+    from rlvr.models import count_parameters, load_model
+    from rlvr.trainer.build import make_encoder
+
+    model, tokenizer = load_model(cfg.model.name)
+    encode = make_encoder(tokenizer, cfg.model.system_prompt)
+    return count_parameters(model)[1], statistics.fmean(len(encode(p)) for p in problems)
+
+
 def command(args: argparse.Namespace) -> int:
     import sys
 
@@ -495,11 +505,10 @@ def command(args: argparse.Namespace) -> int:
             results["trl"].append(run_trl(cfg, problems, Path(tmp) / f"trl-{rep}"))
             print(f"repeat {rep + 1}/{args.repeats}: rlvr {results['rlvr'][-1]['wall_s']:.1f} s, "
                   f"TRL {results['trl'][-1]['wall_s']:.1f} s", file=sys.stderr, flush=True)
-    from rlvr.models import count_parameters, load_model
-
-    total = count_parameters(load_model(cfg.model.name)[0])[1]
     ours, theirs = summarize(results["rlvr"]), summarize(results["trl"])
-    lines = [settings_line(cfg, total, args.steps, args.repeats), "", *format_table(ours, theirs)]
+    total, prompt_tokens = model_facts(cfg, problems)
+    lines = [settings_line(cfg, total, args.steps, args.repeats), "", *format_table(ours, theirs),
+             f"prompt tokens per row, mean {prompt_tokens:.1f} (both sides run the same prompts)"]
     if ours["threads"] != [args.threads] or theirs["threads"] != [args.threads]:
         lines.append(f"warning: torch threads during the steps were rlvr {ours['threads']}, TRL {theirs['threads']}")
     lines.append(f"benchmark wall-clock {time.perf_counter() - t_start:.0f} s")
