@@ -417,14 +417,12 @@ def test_shared_prompts_when_every_completion_is_at_most_one_token(model):
 
 @pytest.mark.parametrize("case", ["distinct", "off", "checkpointing"])
 def test_unshared_path_when_prompts_are_distinct_sharing_is_off_or_checkpointing(case):
-    from rlvr.models import set_gradient_checkpointing
-
     m, _ = tiny_random(0)
     prompts, completion, lengths = grouped_batch(seed=3)
     if case == "distinct":
         prompts = [p + [40 + i] for i, p in enumerate(prompts)]
     if case == "checkpointing":
-        set_gradient_checkpointing(m, True)
+        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         m.train()
     counter = TokenCount(m)
     lp, _ = completion_logprobs(m, prompts, completion, lengths, share_prompts=case != "off")

@@ -50,11 +50,23 @@ AttentionInterface.register(GQA_SDPA, sdpa_gqa_attention)
 AttentionMaskInterface.register(GQA_SDPA, sdpa_mask)
 
 
+def checkpointing_in_training(model: Any) -> bool:
+    """Whether a forward of ``model`` now would be activation-checkpointed (a layer with
+    ``gradient_checkpointing`` on, in train mode): its backward then recomputes the layers' forward."""
+    return any(getattr(m, "gradient_checkpointing", False) is True and m.training for m in model.modules())
+
+
 @contextlib.contextmanager
 def gqa_attention(model: Any) -> Iterator[None]:
-    """Inside: a model that uses HF "sdpa" attention uses ``sdpa_gqa_attention`` instead; restored after."""
+    """Inside: a model that uses HF "sdpa" attention uses ``sdpa_gqa_attention`` instead; restored after.
+
+    Not under activation checkpointing in training: backward recomputes each layer's forward after this
+    block has ended, so the recomputation would see HF's "sdpa" while the forward saw ours, and torch's
+    checkpoint refuses a recomputation that saves other tensors (``CheckpointError``). Both forwards then run
+    HF's "sdpa", which gives the same values.
+    """
     config = getattr(model, "config", None)
-    if getattr(config, "_attn_implementation", None) != "sdpa":
+    if getattr(config, "_attn_implementation", None) != "sdpa" or checkpointing_in_training(model):
         yield
         return
     config._attn_implementation = GQA_SDPA

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from rlvr.attention import gqa_attention
+from rlvr.attention import checkpointing_in_training, gqa_attention
 
 _UNSUPPORTED_HEAD_CONFIG = {"final_logit_softcapping": (None,), "logit_scale": (None, 1, 1.0),
                             "logits_scaling": (None, 1, 1.0)}
@@ -173,7 +173,7 @@ def completion_logprobs(model: Any, prompt_ids: list[list[int]], completion_ids:
     rows, cols = (t[None, :] < lengths[:, None]).nonzero(as_tuple=True)      # [N] each, row-major
     unique, row_prompt = prompt_groups(prompt_ids) if share_prompts else (prompt_ids, [])
     with gqa_attention(decoder):
-        if len(unique) < B and can_share_prompts(model, decoder):
+        if len(unique) < B and can_share_prompts(decoder):
             hidden = shared_prompt_hidden(decoder, unique, row_prompt, completion_ids, lengths)  # [B, 1 + T', H]
             selected = hidden[rows, cols]
         else:
@@ -198,14 +198,13 @@ def prompt_groups(prompt_ids: list[list[int]]) -> tuple[list[list[int]], list[in
     return [list(p) for p in index], row_prompt
 
 
-def can_share_prompts(model: Any, decoder: torch.nn.Module) -> bool:
+def can_share_prompts(decoder: torch.nn.Module) -> bool:
     """Whether ``shared_prompt_hidden`` applies: no gradient checkpointing in training (HF then turns the cache
     off) and a cache of plain full-attention ``DynamicLayer``s (no sliding window or other layer kind)."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(base, "is_gradient_checkpointing", False) and base.training:
+    if checkpointing_in_training(decoder):
         return False
     try:
         layers = DynamicCache(config=decoder.config).layers

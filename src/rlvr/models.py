@@ -506,15 +506,3 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameter counts; tied parameters count once."""
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
-def set_gradient_checkpointing(model: Any, enabled: bool = True) -> None:
-    """Turn activation checkpointing of the decoder layers on or off (non-reentrant, so it works with
-    frozen embeddings under LoRA). It only acts in train mode, as in transformers; the KV cache is
-    turned off while it is on."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if enabled:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        base.gradient_checkpointing_disable()
-    base.config.use_cache = not enabled

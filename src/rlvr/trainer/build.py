@@ -64,10 +64,8 @@ def load_policy(cfg: TrainConfig, device: torch.device):
     else:
         for p in model.parameters():
             p.requires_grad_(True)
-    if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        if m.lora:
-            model.enable_input_require_grads()
+    if m.gradient_checkpointing:  # non-reentrant: works with frozen embeddings (LoRA) and with rlvr.attention
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, tokenizer
 
 
