@@ -696,11 +696,18 @@ def test_centred_flag_is_true_to_the_numbers():
             assert float(out.sum(-1).abs().max()) > 1e-3, name
 
 
-def test_get_accepts_an_import_path():
+def test_an_import_path_gives_the_registered_entry_with_its_facts():
     assert get("rlvr.advantages:rloo") is rloo
+    for name in names():
+        module_path = f"{spec(name).fn.__module__}:{spec(name).fn.__name__}"
+        assert spec(module_path) is spec(name), name          # the same entry: the same facts
     s = spec("rlvr.advantages:maxpo")
-    assert s.fn is maxpo and not s.takes_k and not s.needs_reference_samples and not s.needs_values  # default facts
+    assert s.name == "maxpo" and s.takes_k and s.centred     # was: default facts (takes_k False)
+    assert spec("rlvr.advantages:aapo").needs_reference_samples and spec("rlvr.advantages:gae").needs_values
     close(get("rlvr.advantages:maxpo")(T([[0, 1, 3]]), k=2), [[-1.0, -1.0, 2.0]])
+    with pytest.raises(ValueError, match=r"'oracles:grpo_group' is not a registered advantage estimator.*"
+                                         r"@rlvr.advantages.register\("):
+        spec("oracles:grpo_group")                            # a function never registered: refused, with how
     with pytest.raises(ValueError, match=r"cannot import 'rlvr.advantages:no_such_fn'"):
         get("rlvr.advantages:no_such_fn")
     with pytest.raises(ValueError, match=r"cannot import 'no_such_module_xyz:f'"):

@@ -693,13 +693,34 @@ class TestRegistry:
         assert s.needs_behavior_logprobs is behav
         assert s.default_aggregation == agg and agg in losses.AGGREGATIONS
 
-    def test_import_path(self):
+    def test_import_path_gives_the_registered_entry(self):
         assert losses.get("rlvr.losses:reinforce") is losses.reinforce
-        assert losses.get("loss_oracles:ppo_token") is O.ppo_token
-        s = losses.spec("rlvr.losses:cispo")
-        assert s.fn is losses.cispo and s.name == "rlvr.losses:cispo"
-        # an import path carries default facts
-        assert not s.needs_old_logprobs and not s.needs_behavior_logprobs and s.default_aggregation == "token_mean"
+        for name in losses.names():
+            assert losses.spec(f"rlvr.losses:{name}") is losses.spec(name), name
+        s = losses.spec("rlvr.losses:ppo_clip")     # was: default facts, so ppo_clip trained with ratio ≡ 1
+        assert s.name == "ppo_clip" and s.needs_old_logprobs and s.default_aggregation == "seq_mean_token_mean"
+        assert losses.spec("rlvr.losses:decoupled_ppo").needs_behavior_logprobs
+
+    def test_an_unregistered_function_is_refused_with_how_to_register_it(self):
+        with pytest.raises(ValueError, match=r"'loss_oracles:ppo_token' is not a registered policy loss.*"
+                                             r"@rlvr.losses.register\(\"my_name\", needs_old_logprobs=..., "
+                                             r"needs_behavior_logprobs=..., default_aggregation=...\)"):
+            losses.spec("loss_oracles:ppo_token")
+
+    def test_a_user_module_registers_its_loss_and_its_path_carries_the_facts(self, tmp_path, monkeypatch):
+        monkeypatch.setattr(losses._REGISTRY, "_entries", dict(losses._REGISTRY._entries))
+        monkeypatch.setattr(losses._REGISTRY, "_by_fn", dict(losses._REGISTRY._by_fn))
+        (tmp_path / "user_loss_mod_x1.py").write_text(
+            "from rlvr import losses\n"
+            "@losses.register('user_ratio_x1', needs_old_logprobs=True, default_aggregation='seq_mean_token_sum')\n"
+            "def user_ratio(x):\n"
+            "    return -x.token_advantages() * x.logprobs, {}\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        s = losses.spec("user_loss_mod_x1:user_ratio")    # importing the module registers it
+        assert s is losses.spec("user_ratio_x1") and s.needs_old_logprobs
+        assert s.default_aggregation == "seq_mean_token_sum"
+        with pytest.raises(ValueError, match="user_ratio is already registered as 'user_ratio_x1': one name"):
+            losses.register("another_name_x1")(s.fn)
 
     def test_register_duplicate_rejected(self):
         with pytest.raises(ValueError, match="policy loss 'reinforce' is already registered"):

@@ -141,3 +141,21 @@ def test_algorithm_paths_run_end_to_end(tmp_path, overrides):
         assert all(isinstance(r["policy/kl"], float) and r["policy/kl"] >= 0 for r in rows)
     if cfg.rollout.dynamic_sampling:
         assert all(r["rollout/prompts_sampled"] >= 2 for r in rows)
+
+
+@pytest.mark.parametrize("by_name,by_path", [
+    (["algo.loss=ppo_clip"], ["algo.loss=rlvr.losses:ppo_clip"]),
+    (["algo.advantage=maxpo", "algo.k=2"], ["algo.advantage=rlvr.advantages:maxpo", "algo.k=2"]),
+], ids=["loss", "advantage"])
+def test_an_algorithm_named_by_import_path_trains_exactly_as_by_name(tmp_path, by_name, by_path):
+    """The registry facts travel with the function: before, 'rlvr.losses:ppo_clip' got default facts (no π_old), so
+    it trained with ratio ≡ 1 and clip fraction 0 while 'ppo_clip' clipped."""
+    from rlvr.trainer import train
+
+    rows = []
+    for i, spelling in enumerate((by_name, by_path)):
+        cfg = load_config(None, [*TINY, "steps=2", "eval.at_start=false", "algo.num_iterations=4", *spelling])
+        train(cfg, run_dir=tmp_path / str(i))
+        rows.append([r for r in _strip_perf(read_metrics(tmp_path / str(i))) if "loss/policy" in r])
+    assert rows[0] == rows[1] and len(rows[0]) == 2
+    assert max(r["policy/clip_frac"] for r in rows[1]) > 0      # π_old was computed: the ratio moved and clipped

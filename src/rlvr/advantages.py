@@ -78,9 +78,10 @@ class AdvantageSpec:
     needs_values: bool = False
 
 
-_REGISTRY: Registry[AdvantageSpec] = Registry("advantage estimator", AdvantageSpec)
+_REGISTRY: Registry[AdvantageSpec] = Registry("advantage estimator", AdvantageSpec,
+                                             decorator="rlvr.advantages.register")
 register = _REGISTRY.register  # decorator: register(name, **AdvantageSpec facts)
-spec = _REGISTRY.entry         # spec(name) -> AdvantageSpec; 'module:function' gets default facts
+spec = _REGISTRY.entry         # spec(name or its 'module:function' path) -> AdvantageSpec
 
 
 def get(name: str) -> Callable[..., Tensor]:

@@ -145,9 +145,9 @@ class LossSpec:
     default_aggregation: str = "token_mean"
 
 
-_REGISTRY: Registry[LossSpec] = Registry("policy loss", LossSpec)
+_REGISTRY: Registry[LossSpec] = Registry("policy loss", LossSpec, decorator="rlvr.losses.register")
 register = _REGISTRY.register  # decorator: register(name, **LossSpec facts)
-spec = _REGISTRY.entry         # spec(name) -> LossSpec; 'module:function' gets default facts
+spec = _REGISTRY.entry         # spec(name or its 'module:function' path) -> LossSpec
 
 
 def get(name: str) -> LossFn:

@@ -1,12 +1,17 @@
 """A name -> entry registry: the only path from a config string to an algorithm.
 
 An entry carries the function and the facts a training loop needs about it (for example "needs
-reference samples"), so call sites never branch on names. `get` also accepts an import path
-``"package.module:function"`` for user-defined algorithms. Standard library only.
+reference samples"), so call sites never branch on names. The facts travel with the function: an
+import path ``"package.module:function"`` resolves to the entry the function was registered with (the
+same object its name gives), so both spellings train the same thing. In a registry with facts, a
+function that was never registered is refused with an error saying how to register it (the
+``register`` decorator in the function's own module); registries without facts (KL estimators,
+verifiers, model presets) accept any callable. Standard library only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, TypeVar
@@ -25,7 +30,10 @@ class Registry(Generic[E]):
 
     kind: str
     make: Callable[..., E] | None = None
+    decorator: str = "register"
+    """How users reach ``register`` (e.g. "rlvr.losses.register"), for error messages."""
     _entries: dict[str, E] = field(default_factory=dict)
+    _by_fn: dict[Callable[..., Any], E] = field(default_factory=dict)
 
     def _build(self, name: str, fn: Callable[..., Any], **facts: Any) -> E:
         if self.make is None:
@@ -43,24 +51,42 @@ class Registry(Generic[E]):
         """Decorator: register the function under ``name`` with the given facts; returns it unchanged."""
 
         def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.add(name, self._build(name, fn, **facts))
+            if fn in self._by_fn and name not in self._entries:
+                raise ValueError(f"{self.kind} {fn.__qualname__} is already registered as "
+                                 f"{self._name_of(fn)!r}: one name per function, so that its import path names "
+                                 "one entry")
+            entry = self._build(name, fn, **facts)
+            self.add(name, entry)
+            self._by_fn[fn] = entry
             return fn
 
         return deco
+
+    def _name_of(self, fn: Callable[..., Any]) -> str:
+        return next(name for name, entry in self._entries.items() if entry is self._by_fn[fn])
 
     def names(self) -> list[str]:
         return sorted(self._entries)
 
     def entry(self, name: str) -> E:
-        """The entry for ``name``; an import path 'module:function' gets an entry with default facts."""
+        """The entry for ``name``, or for the function an import path 'module:function' names (importing
+        its module runs its ``register`` decorator); the path of a registered function gives its entry."""
         if not isinstance(name, str):
             raise ValueError(f"{self.kind} name must be a string, got {type(name).__name__}")
         if name in self._entries:
             return self._entries[name]
-        if ":" in name:
-            return self._build(name, import_callable(name))
-        raise ValueError(f"unknown {self.kind} {name!r}; valid names: {', '.join(self.names())}"
-                         " (or an import path 'module:function')")
+        if ":" not in name:
+            raise ValueError(f"unknown {self.kind} {name!r}; valid names: {', '.join(self.names())}"
+                             " (or an import path 'module:function')")
+        fn = import_callable(name)
+        if fn in self._by_fn:
+            return self._by_fn[fn]
+        if self.make is None:
+            return fn  # type: ignore[return-value]
+        facts = ", ".join(f"{f.name}=..." for f in dataclasses.fields(self.make) if f.name not in ("name", "fn"))
+        raise ValueError(f"{name!r} is not a registered {self.kind}, so rlvr does not know what the training loop "
+                         f"must provide for it: decorate it in its module with @{self.decorator}(\"my_name\", "
+                         f"{facts}) (each fact defaults to off), then name it {name!r} or \"my_name\"")
 
 
 def import_callable(path: str) -> Callable[..., Any]:
