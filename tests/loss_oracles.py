@@ -104,10 +104,20 @@ def per_token(name: str, lp, mask, adv, old=None, behav=None, **kw) -> tuple[lis
     return L, G
 
 
-def normalizer(masks: Sequence, mode: str, max_tokens: int | None = None) -> float:
-    """The step normaliser of ALGORITHMS §0.2, counted by hand over a list of masks."""
+def _group_tokens(mask, group_size: int) -> list[int]:
+    """Valid tokens of each row's group, the rows b with the same b // group_size (prompt-major groups)."""
+    tokens = [sum(1 for m in row if m) for row in mask]
+    return [sum(tokens[(b // group_size) * group_size:(b // group_size + 1) * group_size]) for b in range(len(mask))]
+
+
+def normalizer(masks: Sequence, mode: str, max_tokens: int | None = None, group_size: int = 2) -> float:
+    """The step normaliser of ALGORITHMS §0.2, counted by hand over a list of masks (group modes: rows in
+    consecutive groups of ``group_size`` within each mask)."""
     n = 0
     for mask in masks:
+        if mode == "group_mean_token_mean":
+            n += len({b // group_size for b, row in enumerate(mask) if any(row)})
+            continue
         for row in mask:
             if mode == "token_mean":
                 n += sum(1 for m in row if m)
@@ -120,15 +130,18 @@ def normalizer(masks: Sequence, mode: str, max_tokens: int | None = None) -> flo
     return float(n)
 
 
-def aggregation_weights(mask, mode: str, norm: float | None = None) -> list[list[float]]:
-    """W[b][t] = ∂ aggregate / ∂ L[b][t] (0 at masked tokens)."""
+def aggregation_weights(mask, mode: str, norm: float | None = None, group_size: int = 2) -> list[list[float]]:
+    """W[b][t] = ∂ aggregate / ∂ L[b][t] (0 at masked tokens); group modes: groups of ``group_size`` rows."""
     if norm is None:
-        norm = normalizer([mask], mode)
+        norm = normalizer([mask], mode, group_size=group_size)
     W = []
-    for row in mask:
+    group_tokens = _group_tokens(mask, group_size)
+    for b, row in enumerate(mask):
         n_row = sum(1 for m in row if m)
         if mode == "seq_mean_token_mean":
             W.append([1.0 / (n_row * norm) if m else 0.0 for m in row])
+        elif mode == "group_mean_token_mean":
+            W.append([1.0 / (group_tokens[b] * norm) if m else 0.0 for m in row])
         else:
             W.append([1.0 / norm if m else 0.0 for m in row])
     return W

@@ -5,7 +5,9 @@ Formulas (M mask, L per-token loss, N the step normaliser):
   seq_mean_token_mean      Σ_b [Σ_t M·L / Σ_t M] / N,  N = #rows with a valid token
   seq_mean_token_sum       Σ M·L / N,                  N = #rows with a valid token
   seq_mean_token_sum_norm  Σ M·L / N,                  N = #rows · max_tokens (default: widest T)
-Reference values come from hand arithmetic or the loops of tests/loss_oracles.py.
+  group_mean_token_mean    Σ_b [Σ_t M·L / N_g(b)] / N, N = #groups with a valid token, N_g = the group's tokens
+Reference values come from hand arithmetic or the loops of tests/loss_oracles.py. Unless a test says otherwise,
+rows form prompt groups of two (b // 2), as the oracles count them.
 """
 
 from __future__ import annotations
@@ -17,14 +19,28 @@ import torch
 from hypothesis import given, strategies as st
 
 import loss_oracles as O
-from rlvr.losses import AGGREGATIONS, aggregate, loss_normalizer
+from rlvr import losses
+from rlvr.losses import AGGREGATIONS, group_token_counts
 
 F64 = torch.float64
 NAN = float("nan")
 
 
-def test_modes():
-    assert AGGREGATIONS == ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
+def _pairs(mask: torch.Tensor) -> torch.Tensor:
+    return group_token_counts(mask, torch.arange(mask.shape[0]) // 2)
+
+
+def aggregate(L, mask, mode, normalizer=None, *, group_tokens=None):
+    """rlvr's aggregate; the group mode's tokens default to prompt groups of two rows."""
+    tokens = _pairs(mask) if group_tokens is None and mode in losses.GROUP_MODES else group_tokens
+    return losses.aggregate(L, mask, mode, normalizer, group_tokens=tokens)
+
+
+def loss_normalizer(masks, mode, *, max_tokens=None, group_tokens=None):
+    """rlvr's loss_normalizer; the group mode's tokens default to prompt groups of two rows in each mask."""
+    if group_tokens is None and mode in losses.GROUP_MODES:
+        group_tokens = _pairs(masks) if isinstance(masks, torch.Tensor) else [_pairs(m) for m in masks]
+    return losses.loss_normalizer(masks, mode, max_tokens=max_tokens, group_tokens=group_tokens)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -44,6 +60,8 @@ HAND_M = torch.tensor([[True, True], [True, False]])
     ("seq_mean_token_sum", 4.5, [[1 / 2, 1 / 2], [1 / 2, 0]], 2.0),
     # 9 / (2 rows · T = 2) = 2.25
     ("seq_mean_token_sum_norm", 2.25, [[1 / 4, 1 / 4], [1 / 4, 0]], 4.0),
+    # both rows are one prompt's group: its token mean 9/3 over 1 group
+    ("group_mean_token_mean", 3.0, [[1 / 3, 1 / 3], [1 / 3, 0]], 1.0),
 ])
 def test_docstring_example(mode, value, weights, norm):
     L = torch.tensor(HAND_L, dtype=F64, requires_grad=True)
@@ -131,8 +149,10 @@ def test_masked_values_give_no_value_and_no_gradient(mode):
 # ----------------------------------------------------------------------------------------------
 
 def _split_and_sum(theta: torch.Tensor, coef: torch.Tensor, mask: torch.Tensor, groups: list[int], mode: str,
-                   crop: bool, max_tokens: int | None) -> torch.Tensor:
-    """Σ over micro-batches (rows with the same group id, optionally cropped to their last valid column)."""
+                   crop: bool, max_tokens: int | None, prompts: torch.Tensor) -> torch.Tensor:
+    """Σ over micro-batches (rows with the same group id, optionally cropped to their last valid column); the
+    group mode's tokens are counted over the whole step (rows of a prompt may sit in different micro-batches)."""
+    step_tokens = group_token_counts(mask, prompts)
     parts = []
     for j in sorted(set(groups)):
         rows = torch.tensor([b for b, gj in enumerate(groups) if gj == j])
@@ -143,11 +163,12 @@ def _split_and_sum(theta: torch.Tensor, coef: torch.Tensor, mask: torch.Tensor, 
             width = int(valid_cols.max()) + 1 if len(valid_cols) else 1
         parts.append((rows, width))
     micro_masks = [mask[rows][:, :w] for rows, w in parts]
-    norm = loss_normalizer(micro_masks, mode, max_tokens=max_tokens)
+    micro_tokens = [step_tokens[rows] for rows, _ in parts]
+    norm = loss_normalizer(micro_masks, mode, max_tokens=max_tokens, group_tokens=micro_tokens)
     total = theta.new_zeros(())
-    for (rows, w), m in zip(parts, micro_masks):
+    for (rows, w), m, tokens in zip(parts, micro_masks, micro_tokens):
         per_tok = (theta * coef)[rows][:, :w]             # the loss of this micro-batch, computed on it alone
-        total = total + aggregate(per_tok, m, mode, normalizer=norm)
+        total = total + aggregate(per_tok, m, mode, normalizer=norm, group_tokens=tokens)
     return total
 
 
@@ -157,17 +178,19 @@ def test_micro_batch_split_invariance(data, B, T, mode, crop, seed):
     flat = data.draw(st.lists(st.booleans(), min_size=B * T, max_size=B * T).filter(any))
     mask = torch.tensor(flat).reshape(B, T)
     groups = data.draw(st.lists(st.integers(0, B - 1), min_size=B, max_size=B))  # any row partition
+    prompts = torch.tensor(data.draw(st.lists(st.integers(0, 2), min_size=B, max_size=B)))  # any prompt groups
     g = torch.Generator().manual_seed(seed)
     coef = torch.randn(B, T, generator=g, dtype=F64)
     theta = torch.randn(B, T, generator=g, dtype=F64, requires_grad=True)
     # Dr. GRPO's constant must be a true constant when micro-batches are cropped: pass the budget
     max_tokens = T if (mode == "seq_mean_token_sum_norm" and crop) else None
 
-    full_norm = loss_normalizer(mask, mode, max_tokens=max_tokens)
-    full = aggregate(theta * coef, mask, mode, normalizer=full_norm)
-    if max_tokens is None:
-        assert torch.equal(full, aggregate(theta * coef, mask, mode))  # default normaliser = this mask's
-    split = _split_and_sum(theta, coef, mask, groups, mode, crop, max_tokens)
+    tokens = group_token_counts(mask, prompts)
+    full_norm = loss_normalizer(mask, mode, max_tokens=max_tokens, group_tokens=tokens)
+    full = aggregate(theta * coef, mask, mode, normalizer=full_norm, group_tokens=tokens)
+    if max_tokens is None:   # default normaliser = this mask's
+        assert torch.equal(full, aggregate(theta * coef, mask, mode, group_tokens=tokens))
+    split = _split_and_sum(theta, coef, mask, groups, mode, crop, max_tokens, prompts)
     assert split.item() == pytest.approx(full.item(), rel=1e-12, abs=1e-13)
     (g_full,) = torch.autograd.grad(full, theta)
     (g_split,) = torch.autograd.grad(split, theta)
@@ -177,11 +200,13 @@ def test_micro_batch_split_invariance(data, B, T, mode, crop, seed):
 def test_micro_batch_split_each_row_alone_with_empty_rows():
     """One row per micro-batch (so some micro-batches hold only an empty row), every mode."""
     L, mask = _random_case(7, 6, 5)
+    tokens = _pairs(mask)
     for mode in AGGREGATIONS:
         micro = [mask[b:b + 1] for b in range(6)]
-        norm = loss_normalizer(micro, mode)
+        norm = loss_normalizer(micro, mode, group_tokens=list(tokens.split(1)))
         assert norm == loss_normalizer(mask, mode)
-        total = sum(aggregate(L[b:b + 1], micro[b], mode, normalizer=norm) for b in range(6))
+        total = sum(aggregate(L[b:b + 1], micro[b], mode, normalizer=norm, group_tokens=tokens[b:b + 1])
+                    for b in range(6))
         assert total.item() == pytest.approx(aggregate(L, mask, mode).item(), rel=1e-12)
 
 
@@ -204,7 +229,8 @@ class TestErrors:
 
     def test_unknown_mode(self):
         with pytest.raises(ValueError, match="unknown aggregation mode 'token-mean'; valid modes: token_mean, "
-                                             "seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm"):
+                                             "seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm, "
+                                             "group_mean_token_mean"):
             aggregate(self.L, self.M, "token-mean")
         with pytest.raises(ValueError, match="unknown aggregation mode 'sum'"):
             loss_normalizer(self.M, "sum")
@@ -250,4 +276,60 @@ def test_float32_value():
     # the docstring example in float32 gives the same numbers (all exactly representable)
     L = torch.tensor(HAND_L, dtype=torch.float32)
     got = [aggregate(L, HAND_M, m).item() for m in AGGREGATIONS]
-    assert all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(got, [3.0, 3.5, 4.5, 2.25]))
+    assert all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(got, [3.0, 3.5, 4.5, 2.25, 3.0], strict=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# group_mean_token_mean (AAPO as its authors' code runs it: token mean per group, groups averaged)
+# ----------------------------------------------------------------------------------------------
+
+def test_group_mean_weighs_every_group_equally():
+    # group 0: rows with 3 and 1 tokens (loss 1 each) -> token mean 1; group 1: one row, 2 tokens of loss 4 -> 4
+    L = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [4.0, 4.0, 0.0]], dtype=F64, requires_grad=True)
+    M = torch.tensor([[True, True, True], [True, False, False], [True, True, False]])
+    tokens = group_token_counts(M, torch.tensor([0, 0, 1]))
+    assert tokens.tolist() == [4.0, 4.0, 2.0]
+    out = aggregate(L, M, "group_mean_token_mean", group_tokens=tokens)
+    assert out.item() == pytest.approx((1 + 4) / 2, abs=1e-15)                  # token_mean: 12/6 = 2
+    (grad,) = torch.autograd.grad(out, L)
+    torch.testing.assert_close(grad, torch.tensor([[1 / 8] * 3, [1 / 8, 0, 0], [1 / 4, 1 / 4, 0]], dtype=F64),
+                               atol=1e-15, rtol=0)
+
+
+@given(B=st.integers(1, 7), T=st.integers(1, 5), seed=st.integers(0, 2**31 - 1))
+def test_group_mean_is_token_mean_for_one_group_and_seq_mean_for_singletons(B, T, seed):
+    L, mask = _random_case(seed, B, T)
+    one = aggregate(L, mask, "group_mean_token_mean", group_tokens=group_token_counts(mask, torch.zeros(B).long()))
+    assert one.item() == pytest.approx(losses.aggregate(L, mask, "token_mean").item(), rel=1e-12, abs=1e-14)
+    single = aggregate(L, mask, "group_mean_token_mean", group_tokens=group_token_counts(mask, torch.arange(B)))
+    assert single.item() == pytest.approx(losses.aggregate(L, mask, "seq_mean_token_mean").item(),
+                                          rel=1e-12, abs=1e-14)
+
+
+def test_group_mean_equals_token_mean_when_every_group_has_the_same_tokens():
+    L = torch.randn(4, 3, dtype=F64)
+    M = torch.tensor([[True, True, False], [True, False, False], [True, True, True], [False, False, False]])
+    tokens = group_token_counts(M, torch.tensor([0, 0, 1, 1]))                   # 3 and 3 tokens
+    assert aggregate(L, M, "group_mean_token_mean", group_tokens=tokens).item() == pytest.approx(
+        losses.aggregate(L, M, "token_mean").item(), rel=1e-12)
+
+
+class TestGroupErrors:
+    M = torch.tensor([[True, True], [True, False]])
+    L = torch.zeros(2, 2, dtype=F64)
+
+    def test_group_tokens_are_required(self):
+        with pytest.raises(ValueError, match=r"aggregate: mode 'group_mean_token_mean' needs group_tokens \[B=2\]"):
+            losses.aggregate(self.L, self.M, "group_mean_token_mean")
+        with pytest.raises(ValueError, match=r"loss_normalizer: mode 'group_mean_token_mean' needs group_tokens"):
+            losses.loss_normalizer(self.M, "group_mean_token_mean")
+        with pytest.raises(ValueError, match="loss_normalizer: 2 masks but 1 group_tokens"):
+            losses.loss_normalizer([self.M, self.M], "group_mean_token_mean", group_tokens=[_pairs(self.M)])
+
+    def test_group_tokens_below_a_rows_own_tokens(self):
+        with pytest.raises(ValueError, match=r"group_tokens\[0\] = 1.0 is below row 0's own 2 valid tokens"):
+            losses.aggregate(self.L, self.M, "group_mean_token_mean", group_tokens=torch.tensor([1.0, 3.0]))
+
+    def test_groups_must_be_integer_ids(self):
+        with pytest.raises(ValueError, match=r"group_token_counts: groups must be an integer tensor \[B=2\]"):
+            group_token_counts(self.M, torch.tensor([0.0, 1.0]))

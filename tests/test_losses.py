@@ -17,7 +17,14 @@ from hypothesis import given, strategies as st
 
 import loss_oracles as O
 from rlvr import losses
-from rlvr.losses import PolicyLossInputs, aggregate
+from rlvr.losses import PolicyLossInputs
+
+
+def aggregate(per_tok, mask, mode, normalizer=None):
+    """rlvr's aggregate with the rows in prompt groups of two (b // 2), as loss_oracles counts them."""
+    tokens = losses.group_token_counts(mask, torch.arange(mask.shape[0]) // 2)
+    return losses.aggregate(per_tok, mask, mode, normalizer, group_tokens=tokens)
+
 
 F64 = torch.float64
 MODES = losses.AGGREGATIONS

@@ -301,9 +301,10 @@ def test_example_sweeps_validate_and_reproduce_their_presets(monkeypatch):
         assert s.config == preset, s.name
     specs = expand(load_sweep("configs/sweeps/aapo.yaml"))
     assert len(specs) == 4 * 5
+    as_run = {"aapo": ["algo.advantage_kwargs={}", "algo.aggregation=token_mean"]}  # before the 1.5B recipe
     for s in specs:
-        assert s.config == load_config(f"configs/tiny_arith/{s.variant}.yaml", ["eval.every=10", f"seed={s.seed}"]), \
-            s.name
+        assert s.config == load_config(f"configs/tiny_arith/{s.variant}.yaml", ["eval.every=10", f"seed={s.seed}",
+                                                                              *as_run.get(s.variant, [])]), s.name
     specs = expand(load_sweep("configs/sweeps/maxpo.yaml"))
     assert len(specs) == 13 * 5
     budget = ["steps=60", "rollout.prompts_per_step=16", "rollout.group_size=16", "eval.n=8", "eval.temperature=1.0",
@@ -314,5 +315,5 @@ def test_example_sweeps_validate_and_reproduce_their_presets(monkeypatch):
         preset = {"maxpo": "maxpo", "pkpo_sloo1": "pkpo"}.get(s.variant.rpartition("_k")[0])
         if preset is not None:
             k = s.variant.rpartition("_k")[2]
-            assert s.config == load_config(f"configs/tiny_arith/{preset}.yaml", [*budget, f"algo.k={k}",
-                                                                                f"seed={s.seed}"]), s.name
+            assert s.config == load_config(f"configs/tiny_arith/{preset}.yaml", [
+                *budget, f"algo.k={k}", f"seed={s.seed}", "algo.aggregation=seq_mean_token_mean"]), s.name  # as run

@@ -159,3 +159,22 @@ def test_an_algorithm_named_by_import_path_trains_exactly_as_by_name(tmp_path, b
         rows.append([r for r in _strip_perf(read_metrics(tmp_path / str(i))) if "loss/policy" in r])
     assert rows[0] == rows[1] and len(rows[0]) == 2
     assert max(r["policy/clip_frac"] for r in rows[1]) > 0      # π_old was computed: the ratio moved and clipped
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["algo.advantage=maxpo", "algo.k=4"], r"rollout.group_size=4, algo.k=4 .*maxpo: needs G >= 5 samples"),
+    (["algo.advantage=pkpo", "algo.k=4", "algo.advantage_kwargs={baseline: loo}"],
+     r"algo.k=4 and algo.advantage_kwargs=\{'baseline': 'loo'\}: pkpo\(baseline='loo'\): needs G >= 5"),
+    (["algo.advantage=pkpo", "algo.k=1"], r"pkpo\(baseline='loo_minus_one'\): k must be >= 2"),
+    (["algo.advantage=grpo", "algo.advantage_kwargs={scale_by_sdt: true}"], r"unexpected keyword argument"),
+], ids=["maxpo-k=G", "pkpo-loo-k=G", "pkpo-loo1-k=1", "misspelt-kwarg"])
+def test_an_estimator_that_cannot_run_at_this_group_size_is_refused_before_the_model_loads(
+        tmp_path, monkeypatch, overrides, message):
+    from rlvr.trainer import build, train
+
+    monkeypatch.setattr(build, "load_policy", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(build, "build_problems", lambda *a, **k: pytest.fail("the data was loaded"))
+    cfg = load_config(None, [*TINY, *overrides])
+    with pytest.raises(ValueError, match=message):
+        train(cfg, run_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()

@@ -86,7 +86,33 @@ def test_reinforce_update_equals_the_autograd_oracle():
     assert m["policy/nll_neg_over_pos"] == pytest.approx(float(nll[neg].mean() / nll[pos].mean()), rel=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_group_weighted_update_equals_the_autograd_oracle():
+    """group_mean_token_mean (AAPO's code): the token mean inside each prompt's group, groups averaged. Micro-batches
+    of 3 rows split the groups of 2, so each row's group token count must come from the whole step."""
+    batch = _batch()
+    results = []
+    for mbs in (3, 8):
+        model, _ = tiny_random(0)
+        before = {k: v.detach().clone() for k, v in model.named_parameters()}
+        opt, sched = _sgd(model)
+        m = update_policy(model, opt, sched, batch, _settings(aggregation="group_mean_token_mean",
+                                                              micro_batch_size=mbs), step=0)
+        results.append((_delta(before, model), m["loss/policy"]))
+    oracle, _ = tiny_random(0)
+    lp, mask = _naive_logprobs(oracle, batch)
+    per_row = -(batch.advantages[:, None] * lp * mask).sum(-1)                     # [B]
+    loss = sum(per_row[g:g + 2].sum() / mask[g:g + 2].sum() for g in range(0, 8, 2)) / 4
+    loss.backward()
+    for got, value in results:
+        for k, p in oracle.named_parameters():
+            torch.testing.assert_close(got[k], -p.grad, atol=2e-6, rtol=1e-4, msg=k)
+        assert value == pytest.approx(float(loss.detach()), rel=1e-5)
+    lengths = batch.rollout.lengths.view(4, 2).sum(-1)
+    assert len(set(lengths.tolist())) > 1        # groups of unequal tokens: token_mean would differ
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm",
+                                  "group_mean_token_mean"])
 def test_micro_batch_size_does_not_change_the_update(mode):
     results = []
     for mbs in (1, 3, 8):

@@ -511,8 +511,9 @@ def aapo(rewards: Tensor, *, ref_rewards: Tensor, scale_by_std: bool = False, ep
     Equation: A_i = (r_i − mean(r))[/(std(r) + ε)] + clip(r_i − r^ref_i, δ_low, δ_high), where
     r^ref [P, G] are the rewards of G samples of the frozen reference (initial) model for the same
     prompt and policy sample i is paired with reference sample i.
-    Paper: Xiong et al., AAPO, arXiv 2505.14264 ("advantage margin", Eq. 5 clip); δ = (−0.2, 0.28)
-    and ε = 1e-4 (TRL 0.16's std guard) from the authors' code.
+    Paper: Xiong et al., AAPO, arXiv 2505.14264 ("advantage margin"; the clip's equation number, Eq. 5,
+    is from a reviewer's summary and unverified); δ = (−0.2, 0.28) and ε = 1e-4 (TRL 0.16's std guard)
+    from the authors' code. Their 1.5B recipe sets scale_by_std=True (the presets do), 7B/Llama False.
     Deviations: G = 1 or a constant group gives a group part of exactly 0 (TRL gives NaN for G = 1);
     the margin still applies, which is the point of the method. Not centred: Σ_i A_i = Σ_i m_i.
     Example: aapo(torch.tensor([[1., 1.]]), ref_rewards=torch.tensor([[0., 1.]])) -> [[0.28, 0.0]].

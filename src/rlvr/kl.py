@@ -10,10 +10,12 @@ Used as a loss term on tokens sampled from π_θ (no score-function term), their
 differ from their values: E[∇k1] = 0, E[∇k2] = ∇KL(π_θ ‖ π_ref), E[∇k3] = ∇KL(π_ref ‖ π_θ).
 (tests/test_kl.py checks these by exact enumeration.)
 
-Each function maps [B, T] log-probs to a [B, T] estimate. Deviations, as in verl: x is clamped to
-[−clamp, clamp] (default 20) and k3 to at most ``max_value`` (default 10), so a token the
-reference model finds impossible cannot produce inf. With ``loss_mask`` given, masked positions
-are exactly 0 and pass no gradient (even if their inputs are NaN or ±inf).
+Each function maps [B, T] log-probs to a [B, T] estimate. Clamps: x is clamped to [−clamp, clamp]
+(default 20) in all three, and k3 to at most ``max_value`` (default 10), so a token the reference model
+finds impossible cannot produce inf. verl clamps only k3 this way (``kl_penalty_forward``: log ratio to
+±20, value to [−10, 10]) and leaves k1 and k2 unclamped; clamping them too is our deviation
+(``clamp=None`` gives verl's k1 and k2). With ``loss_mask`` given, masked positions are exactly 0 and
+pass no gradient (even if their inputs are NaN or ±inf).
 """
 
 from __future__ import annotations

@@ -31,10 +31,10 @@ LossFn = Callable[..., tuple[Tensor, Stats]]
 __all__ = [
     "PolicyLossInputs", "LossSpec", "register", "get", "spec", "names", "nll_by_advantage_sign",
     "ppo_clip", "reinforce", "cispo", "decoupled_ppo", "current_policy", "spo", "asympo",
-    "AGGREGATIONS", "aggregate", "loss_normalizer", "value_loss",
+    "AGGREGATIONS", "aggregate", "loss_normalizer", "group_token_counts", "value_loss",
 ]
 
-LOG_RATIO_CLAMP = 20.0  # |log π/π_old| is clamped here before exp (as verl does): no overflow to inf
+LOG_RATIO_CLAMP = 20.0  # |log π/π_old| is clamped here before exp (as verl's PPO losses do): no overflow to inf
 
 
 # ----------------------------------------------------------------------------------------------
@@ -341,7 +341,7 @@ def spo(x: PolicyLossInputs, *, neg_scale: float = 0.5) -> tuple[Tensor, Stats]:
     Equation: L = (1/B) Σ_b C_b A_b ℓ̄_b(θ),  C_b = 1 if A_b >= 0 else λ (``neg_scale``).
     Paper: Scaled Policy Optimization, the fixed negative-scaling baseline of ASymPO's paper
     (arXiv 2606.03070).
-    Deviations: the paper's λ was not available to us; λ = 0.5 is our default. λ must be in [0, 1]:
+    Deviations: λ = 0.5 is our default (unverified: no primary source for the paper's λ was found). λ in [0, 1]:
     λ = 1 is the naive loss, λ = 0 drops negatives. For [B, T] advantages C follows each token's sign.
     Example: A = (1, −1), ℓ̄ = (0.5, 2.0), λ = 0.5 -> L = (0.5 − 0.5·2.0)/2 = −0.25.
     """
@@ -361,7 +361,8 @@ def asympo(x: PolicyLossInputs, *, eps: float = 1e-6) -> tuple[Tensor, Stats]:
     its NLL scale); its gradient is (1/B) Σ_b A_b ∇ℓ̄_b/ℓ̄_b = ∇ (1/B) Σ_b A_b log ℓ̄_b ≠ 0.
     Paper: Asymmetric-Scale Policy Optimization, arXiv 2606.03070 (per-response normalisation by the
     current average token NLL, stop-gradient coefficient).
-    Deviations: the clamp ε (1e-6) is our choice; the paper's is not known to us.
+    Deviations: the clamp ε (1e-6) is our choice (unverified: no primary source for the paper's ε
+    was found).
     Example: A = (1, −1), ℓ̄ = (0.5, 2.0) -> value (1 − 1)/2 = 0; ∂L/∂ℓ̄ = (1/0.5, −1/2.0)/2 = (1, −0.25).
     """
     if eps <= 0:
@@ -438,7 +439,10 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, loss_mask: T
 # Aggregation
 # ----------------------------------------------------------------------------------------------
 
-AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm",
+                "group_mean_token_mean")
+GROUP_MODES = ("group_mean_token_mean",)
+"""Modes that weigh each group (the G responses to one prompt) equally: they need ``group_tokens``."""
 
 
 def _check_mode(mode: str) -> None:
@@ -452,7 +456,39 @@ def _check_mask(loss_mask: Tensor, who: str) -> None:
                          f"got {_describe(loss_mask)}")
 
 
-def loss_normalizer(loss_mask: Tensor | Sequence[Tensor], mode: str, *, max_tokens: int | None = None) -> float:
+def _check_group_tokens(group_tokens: Tensor | None, loss_mask: Tensor, mode: str, who: str) -> Tensor | None:
+    if mode not in GROUP_MODES:
+        return None
+    if not isinstance(group_tokens, Tensor) or group_tokens.shape != loss_mask.shape[:1]:
+        raise ValueError(f"{who}: mode {mode!r} needs group_tokens [B={loss_mask.shape[0]}] (the valid tokens of "
+                         f"each row's group in the optimiser step: group_token_counts), got {_describe(group_tokens)}")
+    row_tokens = loss_mask.sum(-1).to(group_tokens.device)
+    if bool((group_tokens < row_tokens).any()):
+        b = int((group_tokens < row_tokens).nonzero()[0])
+        raise ValueError(f"{who}: group_tokens[{b}] = {float(group_tokens[b])} is below row {b}'s own "
+                         f"{int(row_tokens[b])} valid tokens")
+    return group_tokens
+
+
+def group_token_counts(loss_mask: Tensor, groups: Tensor) -> Tensor:
+    """Float64[B]: the number of valid tokens of row b's group, the rows that share its id in ``groups``.
+
+    loss_mask: Bool[B, T], the whole optimiser step's rows; groups: Long[B], a group id per row (rows of
+    one prompt share it). Split the result like the rows when the step is split into micro-batches.
+    Example: mask rows with 2, 1, 3 tokens, groups [0, 0, 1] -> [3., 3., 3.].
+    """
+    _check_mask(loss_mask, "group_token_counts")
+    if not isinstance(groups, Tensor) or groups.shape != loss_mask.shape[:1] or groups.is_floating_point():
+        raise ValueError(f"group_token_counts: groups must be an integer tensor [B={loss_mask.shape[0]}], "
+                         f"got {_describe(groups)}")
+    _, index = torch.unique(groups, return_inverse=True)
+    per_group = torch.zeros(int(index.max()) + 1 if index.numel() else 0, dtype=torch.float64, device=index.device)
+    per_group.index_add_(0, index, loss_mask.sum(-1).to(index.device, torch.float64))
+    return per_group[index]
+
+
+def loss_normalizer(loss_mask: Tensor | Sequence[Tensor], mode: str, *, max_tokens: int | None = None,
+                    group_tokens: Tensor | Sequence[Tensor] | None = None) -> float:
     """The denominator of ``aggregate`` for a whole optimiser step.
 
     Pass the step's mask, or the list of its micro-batch masks, and hand the result to every
@@ -463,6 +499,8 @@ def loss_normalizer(loss_mask: Tensor | Sequence[Tensor], mode: str, *, max_toke
       seq_mean_token_sum:      number of responses with at least one valid token
       seq_mean_token_sum_norm: number of responses × max_tokens (Dr. GRPO's constant; default: the
                                widest mask's T — pass the generation budget to make it a true constant)
+      group_mean_token_mean:   number of groups with at least one valid token, Σ_b |o_b| / N_g(b)
+                               (``group_tokens``: N_g(b) per row, per mask, from ``group_token_counts``)
     """
     _check_mode(mode)
     masks = [loss_mask] if isinstance(loss_mask, Tensor) else list(loss_mask)
@@ -477,32 +515,45 @@ def loss_normalizer(loss_mask: Tensor | Sequence[Tensor], mode: str, *, max_toke
             raise ValueError(f"loss_normalizer: max_tokens must be > 0, got {max_tokens}")
         width = max_tokens if max_tokens is not None else max(m.shape[1] for m in masks)
         return float(sum(m.shape[0] for m in masks) * width)
+    if mode in GROUP_MODES:
+        tokens = [group_tokens] if isinstance(group_tokens, Tensor) or group_tokens is None else list(group_tokens)
+        if len(tokens) != len(masks):
+            raise ValueError(f"loss_normalizer: {len(masks)} masks but {len(tokens)} group_tokens")
+        shares = sum(float((m.sum(-1).double() / _check_group_tokens(g, m, mode, "loss_normalizer").double()
+                            .clamp_min(1)).sum()) for m, g in zip(masks, tokens))
+        return float(round(shares))  # each group's rows add up to exactly 1: an integer up to rounding
     return float(sum(int(m.any(-1).sum()) for m in masks))
 
 
-def aggregate(per_token_loss: Tensor, loss_mask: Tensor, mode: str, normalizer: float | None = None) -> Tensor:
+def aggregate(per_token_loss: Tensor, loss_mask: Tensor, mode: str, normalizer: float | None = None, *,
+              group_tokens: Tensor | None = None) -> Tensor:
     """Reduce a per-token loss [B, T] to a scalar.
 
-    Equations (M = loss_mask, L = per-token loss, N = normalizer):
-      token_mean:              Σ_{b,t} M·L / N,               N = Σ M            (DAPO, GPG, AAPO)
+    Equations (M = loss_mask, L = per-token loss, N = normalizer, N_g(b) = valid tokens of row b's group):
+      token_mean:              Σ_{b,t} M·L / N,               N = Σ M            (DAPO, GPG, AAPO's formula)
       seq_mean_token_mean:     Σ_b [Σ_t M·L / Σ_t M] / N,     N = #responses     (GRPO, arXiv 2402.03300 Eq. 3)
       seq_mean_token_sum:      Σ_b Σ_t M·L / N,               N = #responses
       seq_mean_token_sum_norm: Σ_{b,t} M·L / N,               N = #responses · L_max (Dr. GRPO, arXiv 2503.20783)
+      group_mean_token_mean:   Σ_b [Σ_t M·L / N_g(b)] / N,    N = #groups        (AAPO as its code runs: one
+                               group per micro-batch, token mean in it, groups averaged; arXiv 2505.14264)
     ``normalizer=None`` computes N from this mask (right when the mask is the whole step);
-    otherwise pass ``loss_normalizer(all masks of the step, mode)``. Responses with no valid token
-    contribute 0 and are not counted, except by seq_mean_token_sum_norm, whose constant counts every
-    response. Masked positions contribute no value and no gradient.
+    otherwise pass ``loss_normalizer(all masks of the step, mode)``. ``group_tokens`` [B] (float or int) is
+    needed by group_mean_token_mean only: N_g(b) over the whole step (``group_token_counts``). Responses with
+    no valid token contribute 0 and are not counted, except by seq_mean_token_sum_norm, whose constant counts
+    every response. Masked positions contribute no value and no gradient.
     Example: L = [[1, 3], [5, ·]], M = [[T, T], [T, F]]: token_mean = 9/3 = 3,
     seq_mean_token_mean = (2 + 5)/2 = 3.5, seq_mean_token_sum = (4 + 5)/2 = 4.5,
-    seq_mean_token_sum_norm = 9/(2·2) = 2.25.
+    seq_mean_token_sum_norm = 9/(2·2) = 2.25; group_mean_token_mean with both rows in one group = 9/3 = 3,
+    each row its own group = 3.5.
     """
     _check_mode(mode)
     _check_mask(loss_mask, "aggregate")
     if not isinstance(per_token_loss, Tensor) or per_token_loss.shape != loss_mask.shape:
         raise ValueError(f"aggregate: per_token_loss must have the loss_mask's shape {tuple(loss_mask.shape)}, "
                          f"got {_describe(per_token_loss)}")
+    group_tokens = _check_group_tokens(group_tokens, loss_mask, mode, "aggregate")
     if normalizer is None:
-        normalizer = loss_normalizer(loss_mask, mode)
+        normalizer = loss_normalizer(loss_mask, mode, group_tokens=group_tokens)
         if not loss_mask.any():
             raise ValueError("aggregate: loss_mask selects no token, so the mean is undefined "
                              "(pass the step's normalizer when aggregating a micro-batch)")
@@ -511,5 +562,8 @@ def aggregate(per_token_loss: Tensor, loss_mask: Tensor, mode: str, normalizer: 
     masked = _valid(per_token_loss, loss_mask)
     if mode == "seq_mean_token_mean":
         counts = loss_mask.sum(-1).clamp_min(1).to(masked.dtype)
+        return (masked.sum(-1) / counts).sum() / normalizer
+    if mode in GROUP_MODES:
+        counts = group_tokens.to(masked.device, masked.dtype).clamp_min(1)
         return (masked.sum(-1) / counts).sum() / normalizer
     return masked.sum() / normalizer

@@ -37,6 +37,7 @@ def check_algorithm(cfg: TrainConfig) -> None:
         raise ValueError(f"algo.k={cfg.algo.k} exceeds rollout.group_size={cfg.rollout.group_size}")
     if not spec.takes_k and cfg.algo.k is not None:
         raise ValueError(f"algo.k is set but advantage {cfg.algo.advantage!r} does not take k")
+    check_estimator_on_one_group(cfg, spec)
     loss = losses.spec(cfg.algo.loss)
     if cfg.algo.old_logprobs == "behavior" and (not loss.needs_old_logprobs or loss.needs_behavior_logprobs):
         raise ValueError(f"algo.old_logprobs=behavior applies to ratio losses that read π_old (ppo_clip, cispo); "
@@ -48,6 +49,26 @@ def check_algorithm(cfg: TrainConfig) -> None:
     if cfg.algo.reward_kl_coef > 0 and not spec.needs_values:
         raise ValueError(f"algo.reward_kl_coef applies to token-level estimators (those that need values, e.g. "
                          f"gae), not to {cfg.algo.advantage!r}")
+
+
+def check_estimator_on_one_group(cfg: TrainConfig, spec: advantages.AdvantageSpec) -> None:
+    """Call the estimator once on one group of G rewards 0, 1, 0, 1, ... with the config's k and kwargs, so that
+    its own checks (k against the group size, unknown or bad kwargs) fail before the model loads."""
+    G = cfg.rollout.group_size
+    rewards = (torch.arange(G) % 2).to(torch.float64)[None]                 # [1, G]
+    kwargs = dict(cfg.algo.advantage_kwargs)
+    if spec.takes_k:
+        kwargs["k"] = cfg.algo.k
+    if spec.needs_reference_samples:
+        kwargs["ref_rewards"] = rewards
+    if spec.needs_values:
+        kwargs.update(values=torch.zeros(G, 1), loss_mask=torch.ones(G, 1, dtype=torch.bool))
+    try:
+        spec.fn(rewards, **kwargs)
+    except (ValueError, TypeError) as err:
+        k = f", algo.k={cfg.algo.k}" if spec.takes_k else ""
+        raise ValueError(f"algo.advantage={cfg.algo.advantage} with rollout.group_size={G}{k} and "
+                         f"algo.advantage_kwargs={dict(cfg.algo.advantage_kwargs)}: {err}") from err
 
 
 def load_policy(cfg: TrainConfig, device: torch.device):

@@ -155,11 +155,15 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
         tok_sums[key] = tok_sums.get(key, 0.0) + float(torch.where(m, value.detach().double(), 0.0).sum())
         tok_counts[key] = tok_counts.get(key, 0) + int(m.sum())
 
+    groups = torch.arange(B) // (B // len(batch.problems))    # prompt-major: G rows per prompt
     model.train()
     for micro in update_schedule(B, s, step):
-        norm = losses.loss_normalizer([batch.rollout.loss_mask[mb] for mb in micro], mode, max_tokens=s.max_new_tokens)
+        masks = [ro.loss_mask[mb] for mb in micro]
+        group_tokens = losses.group_token_counts(torch.cat(masks), groups[torch.cat(micro)]).split(
+            [len(mb) for mb in micro])                            # per row: its group's tokens in this step
+        norm = losses.loss_normalizer(masks, mode, max_tokens=s.max_new_tokens, group_tokens=group_tokens)
         finite, total = True, 0.0
-        for mb in micro:
+        for mb, mb_group_tokens in zip(micro, group_tokens):
             lp, ent, mask = _logprobs(model, ro, mb, s.chunk_size, entropy=True, autocast=autocast,
                                       share_prompts=s.share_prompts)
             if not torch.isfinite(lp.detach()[mask]).all():
@@ -180,7 +184,7 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
                 add_tokens("policy/kl", kl_tok, mask)
                 if s.kl_coef > 0:
                     per_token = per_token + s.kl_coef * kl_tok
-            loss = losses.aggregate(per_token, mask, mode, norm)
+            loss = losses.aggregate(per_token, mask, mode, norm, group_tokens=mb_group_tokens)
             if not torch.isfinite(loss):
                 finite = False
                 break
