@@ -126,6 +126,17 @@ def _behavior_logprobs(ro: Rollout, spec: losses.LossSpec, s: UpdateSettings) ->
     return ro.behavior_logprobs
 
 
+def step_group_tokens(batch: Batch, micro: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per micro-batch, each row's group token count over the whole optimiser step (``group_token_counts``);
+    the batch is prompt-major, G = B / P rows per prompt."""
+    B, P = batch.rollout.lengths.shape[0], len(batch.problems)
+    if P == 0 or B % P:
+        raise ValueError(f"update_policy: {B} rows do not split into groups of the batch's {P} prompts")
+    rows = torch.cat(micro)
+    tokens = losses.group_token_counts(batch.rollout.loss_mask[rows], rows // (B // P))
+    return list(tokens.split([len(mb) for mb in micro]))
+
+
 def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, batch: Batch,
                   s: UpdateSettings, *, step: int, reference: Callable[[], AbstractContextManager] | None = None,
                   log_ref_kl: bool = False, autocast: Callable[[], AbstractContextManager] = nullcontext
@@ -155,12 +166,10 @@ def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
         tok_sums[key] = tok_sums.get(key, 0.0) + float(torch.where(m, value.detach().double(), 0.0).sum())
         tok_counts[key] = tok_counts.get(key, 0) + int(m.sum())
 
-    groups = torch.arange(B) // (B // len(batch.problems))    # prompt-major: G rows per prompt
     model.train()
     for micro in update_schedule(B, s, step):
         masks = [ro.loss_mask[mb] for mb in micro]
-        group_tokens = losses.group_token_counts(torch.cat(masks), groups[torch.cat(micro)]).split(
-            [len(mb) for mb in micro])                            # per row: its group's tokens in this step
+        group_tokens = step_group_tokens(batch, micro)
         norm = losses.loss_normalizer(masks, mode, max_tokens=s.max_new_tokens, group_tokens=group_tokens)
         finite, total = True, 0.0
         for mb, mb_group_tokens in zip(micro, group_tokens):
