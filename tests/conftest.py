@@ -1,4 +1,8 @@
-"""Shared test set-up: float64 by default in math tests, and a derandomised hypothesis profile in CI."""
+"""Shared test set-up: torch limited to at most 2 threads, and a derandomised hypothesis profile in CI.
+
+The default dtype is left at torch's float32: model, trainer and sampler tests check float32 behaviour. Math tests
+that need float64 create their tensors with an explicit dtype (``F64 = torch.float64`` in test_losses.py,
+test_aggregation.py, test_ppo_math.py, ...); nothing here changes the default."""
 
 import os
 

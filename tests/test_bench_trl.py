@@ -1,8 +1,11 @@
-"""rlvr bench trl: the harness pieces (prompt equivalence, reward wrapper, summary and table) and a tiny run of both
-sides. Everything that needs TRL is skipped when it is not installed (it comes with the `bench` extra)."""
+"""rlvr bench trl: the harness pieces (prompt equivalence, reward wrapper, summary and table), rlvr's side of the
+measurement (its phase breakdown, run here without TRL) and a tiny run of both sides. Only what needs TRL is skipped
+when it is not installed (it comes with the `bench` extra)."""
 from __future__ import annotations
 
 import math
+import time
+from unittest import mock
 
 import pytest
 
@@ -123,11 +126,113 @@ def test_the_cli_registers_the_benchmark():
     assert args.func is bench.command and args.steps == 2 and args.repeats == 3 and args.threads == 2
 
 
+def _timed(step_s, gen_s, **parts):
+    row = {"perf/step_s": step_s, "perf/gen_s": gen_s, "rollout/samples": 8, "response/length_mean": 2.5}
+    return row, {"threads": 1, **parts}
+
+
+def test_rlvr_steps_take_step_and_generation_from_the_metrics_and_the_rest_from_the_timers():
+    (r1, t1), (r2, t2) = _timed(1.0, 0.5, scoring=0.1, forward=0.2), _timed(2.0, 0.25, backward=1.5)
+    rows = [{"step": 0, "data/train_problems": 100}, {"step": 1, **r1}, {"step": 2, **r2}]
+    got = bench.rlvr_steps(rows, [t1, t2])
+    assert got == [{"threads": 1, "scoring": 0.1, "forward": 0.2, "step": 1.0, "generation": 0.5, "samples": 8,
+                    "completion_tokens": 20.0},
+                   {"threads": 1, "backward": 1.5, "step": 2.0, "generation": 0.25, "samples": 8,
+                    "completion_tokens": 20.0}]
+    with pytest.raises(RuntimeError, match="logged 2 steps but 1 were timed"):
+        bench.rlvr_steps(rows, [t1])
+    with pytest.raises(RuntimeError, match="add up to 1.100000 s, more than the step's 1.000000 s"):
+        bench.rlvr_steps([_timed(1.0, 0.5, forward=0.6)[0]], [_timed(1.0, 0.5, forward=0.6)[1]])
+
+
+def _check_rlvr_run(run, run_dir, P, G):
+    from rlvr.metrics import read_metrics
+
+    rows = [r for r in read_metrics(run_dir) if "perf/step_s" in r]
+    assert len(run["steps"]) == len(rows) == 2 and run["wall_s"] > 0
+    for s, row in zip(run["steps"], rows):                # step and generation are the logged metrics
+        assert s["step"] == row["perf/step_s"] and s["generation"] == row["perf/gen_s"]
+        assert s["samples"] == P * G == row["rollout/samples"] and s["threads"] == 1
+        assert s["completion_tokens"] == pytest.approx(row["response/length_mean"] * P * G)
+        parts = [s.get(name, 0.0) for name, _ in bench.PARTS if name != "other"]
+        assert all(v >= 0 for v in parts) and sum(parts) <= s["step"] + 1e-9  # disjoint intervals inside the step
+    assert not (run_dir / "checkpoints").exists()         # the end-of-run checkpoint and evaluation are stubbed
+    assert not any(k.startswith("eval/") for r in read_metrics(run_dir) for k in r)
+
+
+def test_rlvr_side_runs_without_trl_on_tiny_random(tiny_cfg, tmp_path):
+    run = bench.run_rlvr(tiny_cfg, tmp_path / "rlvr")
+    _check_rlvr_run(run, tmp_path / "rlvr", 2, 4)
+    for s in run["steps"]:
+        assert 0 < s["generation"] < s["step"] and s["scoring"] > 0 and s["forward"] > 0 and s["backward"] > 0
+        assert s["clip"] > 0 and s["optimizer"] > 0
+        assert s.get("old_ref_logprobs", 0.0) == 0.0      # β = 0, one update per batch: no frozen pass
+
+
+DELAY = 0.05
+
+
+def _slowed(fn):
+    def slow(*args, **kwargs):
+        time.sleep(DELAY)
+        return fn(*args, **kwargs)
+    return slow
+
+
+def test_rlvr_breakdown_puts_each_known_delay_in_its_part(tmp_path):
+    """Each phase is slowed by DELAY below the name the benchmark times it by (in the sampler, the reward pool, every
+    decoder pass of a log-prob computation, backward, clip, AdamW's step hooks); with two updates per batch there is
+    one frozen (old log-prob) pass and two loss forwards per step. Each part must hold its delays, and the parts must
+    still fit in the step: a part timed twice (e.g. the frozen pass counted as loss forward too) would exceed it."""
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from rlvr.rewards import RewardPool
+    from rlvr.rollout import HFSampler
+
+    with mock.patch.object(bench, "check_settings"):  # two updates per batch: TRL could not match it
+        cfg = bench.bench_config("tiny-random", steps=2, threads=1, prompts=2, group_size=4, max_new_tokens=8,
+                                 overrides=["algo.num_iterations=2"])
+    assert cfg.algo.num_iterations == 2 and bench.micro_batching(cfg) == (8, 1)
+    generating = [False]
+
+    def generate(self, *args, **kwargs):
+        generating[0] = True
+        try:
+            time.sleep(DELAY)
+            return orig_generate(self, *args, **kwargs)
+        finally:
+            generating[0] = False
+
+    def decoder_pass(module, args):  # the decoder's embedding: once per decoder pass outside generation
+        if isinstance(module, torch.nn.Embedding) and not generating[0]:
+            time.sleep(DELAY)
+
+    orig_generate = HFSampler.generate
+    hooks = [torch.nn.modules.module.register_module_forward_pre_hook(decoder_pass),
+             register_optimizer_step_pre_hook(lambda *_: time.sleep(DELAY))]
+    try:
+        with mock.patch.object(HFSampler, "generate", generate), \
+                mock.patch.object(RewardPool, "score", _slowed(RewardPool.score)), \
+                mock.patch.object(torch.Tensor, "backward", _slowed(torch.Tensor.backward)), \
+                mock.patch.object(torch.nn.utils, "clip_grad_norm_", _slowed(torch.nn.utils.clip_grad_norm_)):
+            run = bench.run_rlvr(cfg, tmp_path / "rlvr")
+    finally:
+        for h in hooks:
+            h.remove()
+    _check_rlvr_run(run, tmp_path / "rlvr", 2, 4)
+    for s in run["steps"]:
+        assert s["generation"] >= DELAY and s["scoring"] >= DELAY
+        assert s["old_ref_logprobs"] >= DELAY and s["forward"] >= 2 * DELAY     # 1 frozen pass, 2 with grad
+        assert s["backward"] >= 2 * DELAY and s["clip"] >= 2 * DELAY and s["optimizer"] >= 2 * DELAY
+
+
 def test_both_sides_run_the_same_steps_on_tiny_random(tiny_cfg, tmp_path):
     pytest.importorskip("trl")
     problems = bench.step_problems(tiny_cfg)
     ours = bench.run_rlvr(tiny_cfg, tmp_path / "rlvr")
     theirs = bench.run_trl(tiny_cfg, problems, tmp_path / "trl")  # also checks TRL's prompt ids against ours
+    _check_rlvr_run(ours, tmp_path / "rlvr", 2, 4)
     for run in (ours, theirs):
         assert len(run["steps"]) == 2
         for s in run["steps"]:

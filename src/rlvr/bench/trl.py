@@ -28,12 +28,15 @@ tokens and completion lengths (both are printed); TRL's log-probs in the loss ar
 raw logits; the advantage ε (TRL 1e-4, ours 1e-6); rlvr skips its end-of-run evaluation and checkpoint here
 (``Run.evaluate`` and ``save_checkpoint`` are stubbed, outside the timed steps).
 
-Where the time goes (means per kept step), timed by wrapping functions for the benchmark only (trl 1.16.0):
-* rlvr: generation = ``perf/gen_s`` (``HFSampler.generate``); scoring = ``rlvr.trainer.batch.score``; old/ref
-  log-probs = ``rlvr.trainer.step.frozen_logprobs``; loss forward = ``rlvr.trainer.step._logprobs`` with grad
-  enabled; step = ``perf/step_s``.
-* TRL: generation = ``GRPOTrainer._generate`` (prompt tokenization, ``model.generate``, decoding); scoring =
-  ``GRPOTrainer._calculate_rewards``; old/ref log-probs / loss forward =
+Where the time goes (means per kept step):
+* rlvr, from its per-step metrics (metrics.jsonl) and timers on public names only (``rlvr_timing``): step =
+  ``perf/step_s``; generation = ``perf/gen_s`` (``HFSampler.generate``); scoring = ``rlvr.trainer.batch.score``
+  (verifier + shaping); old/ref log-probs = ``rlvr.trainer.step.frozen_logprobs``; loss forward =
+  ``rlvr.logprobs.completion_logprobs`` called by the update with grad enabled; steps are delimited by
+  ``Collector.collect`` (one call per step). The timed parts of a step are disjoint intervals inside it, so
+  they never add up to more than ``perf/step_s`` (``rlvr_steps`` checks this).
+* TRL (its private methods, trl 1.16.0 pinned): generation = ``GRPOTrainer._generate`` (prompt tokenization,
+  ``model.generate``, decoding); scoring = ``GRPOTrainer._calculate_rewards``; old/ref log-probs / loss forward =
   ``GRPOTrainer._get_per_token_logps_and_entropies`` without / with grad; step = a ``TrainerCallback`` from
   ``on_step_begin`` to ``on_step_end`` (covers ``_prepare_inputs``, ``compute_loss``, backward, clip,
   ``optimizer.step``, scheduler, ``zero_grad``).
@@ -58,7 +61,8 @@ from rlvr.bench import config_path
 from rlvr.bench.advantages import _positive_int
 
 __all__ = ["MODEL_PRESETS", "PARTS", "StepTimer", "bench_config", "check_settings", "format_table", "prompt_texts",
-           "reward_function", "run_rlvr", "run_trl", "step_problems", "summarize", "add_arguments", "command"]
+           "reward_function", "rlvr_steps", "rlvr_timing", "run_rlvr", "run_trl", "step_problems", "summarize",
+           "add_arguments", "command"]
 
 MODEL_PRESETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tiny-arith": ("configs/tiny_arith/grpo.yaml", ()),
@@ -243,18 +247,18 @@ def _time_optimizer(timer: StepTimer, optimizer: Any) -> Any:
     return optimizer
 
 
-def run_rlvr(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
-    """One rlvr training run of ``cfg``; returns {"steps": [per-step seconds and counts], "wall_s"}."""
+@contextlib.contextmanager
+def rlvr_timing(timer: StepTimer):
+    """For one rlvr run: a step of ``timer`` per ``Collector.collect`` call, and the parts rlvr's metrics do not
+    log timed through public names (scoring, old/ref log-probs, loss forward, backward, clip, AdamW); evaluation and
+    checkpointing, which come after the last step's metrics, are stubbed."""
     from unittest import mock
 
     import torch
-    from rich.console import Console
 
-    from rlvr.metrics import read_metrics
     from rlvr.trainer import batch as batch_mod
-    from rlvr.trainer import build, run as run_mod, step as step_mod, train
+    from rlvr.trainer import build, run as run_mod, step as step_mod
 
-    timer = StepTimer()
     orig_collect, orig_build_optimizer = batch_mod.Collector.collect, build.build_optimizer
 
     def collect(self, step):
@@ -266,29 +270,56 @@ def run_rlvr(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
         opt, sched = orig_build_optimizer(c, model)
         return _time_optimizer(timer, opt), sched
 
-    t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         stack.enter_context(_shared_timers(timer))
         for obj, name, new in (
                 (batch_mod.Collector, "collect", collect),
                 (batch_mod, "score", timer.wrap(batch_mod.score, "scoring")),
                 (step_mod, "frozen_logprobs", timer.wrap(step_mod.frozen_logprobs, "old_ref_logprobs")),
-                (step_mod, "_logprobs", timer.wrap(step_mod._logprobs, _grad_part("forward", None))),
+                # the no-grad calls are frozen_logprobs' (timed whole, above)
+                (step_mod, "completion_logprobs", timer.wrap(step_mod.completion_logprobs,
+                                                             _grad_part("forward", None))),
                 (build, "build_optimizer", build_optimizer),
                 (run_mod.Run, "evaluate", lambda self, step: _NoEval()),
                 (run_mod, "save_checkpoint", lambda *a, **k: None)):
             stack.enter_context(mock.patch.object(obj, name, new))
+        yield timer
+
+
+def rlvr_steps(rows: Sequence[dict[str, Any]], timed: Sequence[dict[str, float]]) -> list[dict[str, Any]]:
+    """The per-step records of an rlvr run: ``rows`` its metrics.jsonl rows, ``timed`` its ``StepTimer.steps``.
+    step, generation, samples and completion tokens come from the logged metrics (``perf/step_s``,
+    ``perf/gen_s``, ``rollout/samples``, ``response/length_mean``), the other parts from the timers. Raises
+    RuntimeError when the number of logged and timed steps differ, or when a step's parts add up to more than the
+    step (timers that overlap: something counted twice)."""
+    rows = [r for r in rows if "perf/step_s" in r]
+    if len(rows) != len(timed):
+        raise RuntimeError(f"rlvr run logged {len(rows)} steps but {len(timed)} were timed")
+    steps = []
+    for row, parts in zip(rows, timed):
+        samples = int(row["rollout/samples"])
+        s = {**parts, "step": row["perf/step_s"], "generation": row["perf/gen_s"], "samples": samples,
+             "completion_tokens": row["response/length_mean"] * samples}
+        total = sum(s.get(name, 0.0) for name, _ in PARTS if name != "other")
+        if total > s["step"] * (1 + 1e-9) + 1e-9:
+            raise RuntimeError(f"rlvr step {len(steps) + 1}: the timed parts add up to {total:.6f} s, more than "
+                               f"the step's {s['step']:.6f} s ({dict(s)})")
+        steps.append(s)
+    return steps
+
+
+def run_rlvr(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
+    """One rlvr training run of ``cfg``; returns {"steps": [per-step seconds and counts], "wall_s"}."""
+    from rich.console import Console
+
+    from rlvr.metrics import read_metrics
+    from rlvr.trainer import train
+
+    t0 = time.perf_counter()
+    with rlvr_timing(StepTimer()) as timer:
         train(cfg, run_dir=run_dir, console=Console(quiet=True))
     wall = time.perf_counter() - t0
-    rows = [r for r in read_metrics(run_dir) if "loss/policy" in r]
-    if len(rows) != len(timer.steps):
-        raise RuntimeError(f"rlvr run logged {len(rows)} steps but {len(timer.steps)} were timed")
-    steps = []
-    for row, parts in zip(rows, timer.steps):
-        samples = int(row["rollout/samples"])
-        steps.append({**parts, "step": row["perf/step_s"], "generation": row["perf/gen_s"], "samples": samples,
-                      "completion_tokens": row["response/length_mean"] * samples})
-    return {"steps": steps, "wall_s": wall}
+    return {"steps": rlvr_steps(read_metrics(run_dir), timer.steps), "wall_s": wall}
 
 
 class _NoEval:
