@@ -18,8 +18,10 @@ from rlvr.metrics import read_metrics
 from rlvr.models import apply_lora, tiny_random, trainable_state_dict
 from rlvr.trainer import build
 from rlvr.trainer import critic as critic_lib
-from rlvr.trainer.batch import Batch, Scores
-from rlvr.trainer.step import UpdateSettings
+from rlvr.rewards.scoring import Scores
+from rlvr.trainer.algorithm import Algorithm
+from rlvr.trainer.batch import Batch
+from rlvr.trainer.step import Policy, Schedule
 from rlvr.types import Problem, Rollout
 from rlvr.value import ValueModel, build_value_model, completion_values
 
@@ -87,12 +89,29 @@ def _oracle_values(critic: ValueModel, ro: Rollout) -> torch.Tensor:
     return out
 
 
-def _settings(**kw) -> UpdateSettings:
-    base = dict(loss="ppo_clip", loss_kwargs={}, aggregation="token_mean", kl_coef=0.0, kl_estimator="k1",
-                num_iterations=1, mini_batches=1, micro_batch_size=8, max_grad_norm=0.0, max_new_tokens=8,
-                chunk_size=64, seed=0)
-    base.update(kw)
-    return UpdateSettings(**base)
+def _settings(num_iterations=1, mini_batches=1, micro_batch_size=8) -> Schedule:
+    return Schedule(num_iterations, mini_batches, micro_batch_size, max_grad_norm=0.0, seed=0)
+
+
+def values(critic: ValueModel, ro: Rollout, *, micro_batch_size: int) -> torch.Tensor:
+    return critic_lib.values(critic_lib.Critic(critic, None), ro, micro_batch_size=micro_batch_size)
+
+
+def update_critic(critic: ValueModel, opt, batch, schedule: Schedule, *, step: int, value_clip: float) -> dict:
+    """rlvr's critic update on a bare value model and optimiser (value_clip 0 = off, as critic.value_clip)."""
+    wrapped = critic_lib.Critic(critic, opt, value_clip if value_clip > 0 else None)
+    return critic_lib.update_critic(wrapped, batch, schedule, step=step)
+
+
+def token_kl(model, reference, ro: Rollout, *, micro_batch_size: int, chunk_size: int) -> torch.Tensor:
+    policy = Policy(model, None, reference=build.Reference(model, reference), chunk_size=chunk_size)
+    return critic_lib.token_kl(policy, ro, micro_batch_size=micro_batch_size)
+
+
+def build_critic(cfg):
+    """(value model, optimiser) of the run's critic, or None; built as the trainer builds it."""
+    critic = build.build_critic(cfg, CPU, Algorithm.from_config(cfg))
+    return None if critic is None else (critic.model, critic.optimizer)
 
 
 def _batch(ro: Rollout, values: torch.Tensor, returns: torch.Tensor) -> Batch:
@@ -180,7 +199,7 @@ def test_a_fresh_value_model_predicts_exactly_zero():
     assert v.shape == (5, 7) and torch.equal(v, torch.zeros(5, 7))
     # values() (V_old of a rollout) on CPU, micro-batched, also exactly 0, and restores train mode.
     critic.train()
-    out = critic_lib.values(critic, ro, micro_batch_size=2)
+    out = values(critic, ro, micro_batch_size=2)
     assert out.device.type == "cpu" and torch.equal(out, torch.zeros(5, 7)) and critic.training
 
 
@@ -191,7 +210,7 @@ def test_values_fn_equals_completion_values_whatever_the_micro_batch_size():
     with torch.no_grad():
         want = completion_values(critic, ro.prompt_ids, ro.completion_ids, ro.lengths)
     for mbs in (1, 2, 5):
-        got = critic_lib.values(critic, ro, micro_batch_size=mbs)
+        got = values(critic, ro, micro_batch_size=mbs)
         assert got.shape == (5, 9)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
         assert torch.equal(got[~ro.loss_mask], torch.zeros(int((~ro.loss_mask).sum())))
@@ -292,22 +311,22 @@ def _check_critic(out, cfg):
 
 def test_build_critic_follows_the_registry_not_the_name(token_level_estimator):
     name, calls = token_level_estimator
-    assert build.build_critic(load_config(None, [*TINY, "algo.advantage=grpo"]), CPU) is None
-    assert build.build_critic(load_config(None, [*TINY, "algo.advantage=rloo"]), CPU) is None
+    assert build_critic(load_config(None, [*TINY, "algo.advantage=grpo"])) is None
+    assert build_critic(load_config(None, [*TINY, "algo.advantage=rloo"])) is None
 
     cfg = load_config(None, [*TINY, "algo.advantage=gae", "model.lora=false"])
-    critic = _check_critic(build.build_critic(cfg, CPU), cfg)
+    critic = _check_critic(build_critic(cfg), cfg)
     assert all(p.requires_grad for p in critic.parameters())  # model.lora=false: full fine-tune
 
     cfg = load_config(None, [*TINY, f"algo.advantage={name}", "model.lora=true", "algo.reward_kl_coef=0.1"])
     build.check_algorithm(cfg)  # a token-level estimator accepts the KL-in-reward term
-    critic = _check_critic(build.build_critic(cfg, CPU), cfg)
+    critic = _check_critic(build_critic(cfg), cfg)
     trainable = {k for k, p in critic.named_parameters() if p.requires_grad}
     assert trainable - {"head.weight", "head.bias"} and all(
         "lora_" in k for k in trainable - {"head.weight", "head.bias"})  # critic.lora=None follows model.lora
 
     cfg = load_config(None, [*TINY, f"algo.advantage={name}", "model.lora=true", "critic.lora=false"])
-    critic = _check_critic(build.build_critic(cfg, CPU), cfg)
+    critic = _check_critic(build_critic(cfg), cfg)
     assert all(p.requires_grad for p in critic.parameters())
 
 
@@ -355,8 +374,8 @@ def test_update_critic_fits_the_returns():
     s = _settings(num_iterations=2, mini_batches=2, micro_batch_size=3)
     losses = []
     for step in range(8):
-        old = critic_lib.values(critic, ro, micro_batch_size=4)  # V_old, as at collection time
-        m = critic_lib.update_critic(critic, opt, _batch(ro, old, returns), s, step=step, value_clip=0.5)
+        old = values(critic, ro, micro_batch_size=4)  # V_old, as at collection time
+        m = update_critic(critic, opt, _batch(ro, old, returns), s, step=step, value_clip=0.5)
         assert m["critic/skipped_steps"] == 0 and math.isfinite(m["critic/grad_norm"])
         if step == 0:  # the zero head: V_old = 0 exactly
             assert torch.equal(old, torch.zeros_like(old))
@@ -364,7 +383,7 @@ def test_update_critic_fits_the_returns():
     assert losses[-1] < 0.5 * losses[0], losses
     assert sum(b < a for a, b in zip(losses, losses[1:])) >= 5, losses
     # The fitted critic itself is closer to the returns than the zero critic was.
-    final = critic_lib.values(critic, ro, micro_batch_size=8)
+    final = values(critic, ro, micro_batch_size=8)
     after = float((0.5 * (final - returns) ** 2)[mask].mean())
     assert after < losses[0] * 0.5
 
@@ -372,7 +391,7 @@ def test_update_critic_fits_the_returns():
 def test_first_value_loss_is_half_the_mean_squared_return():
     ro, returns = _fixed_batch()
     critic = _critic()
-    m = critic_lib.update_critic(critic, _adamw(critic), _batch(ro, torch.zeros(returns.shape), returns),
+    m = update_critic(critic, _adamw(critic), _batch(ro, torch.zeros(returns.shape), returns),
                                  _settings(), step=0, value_clip=0.0)
     want = float((0.5 * returns ** 2)[ro.loss_mask].double().mean())
     assert m["critic/value_loss"] == pytest.approx(want, rel=1e-6)
@@ -387,7 +406,7 @@ def test_garbage_at_masked_positions_changes_nothing(garbage):
     base = _critic()
     _random_head(base)
     noise = torch.randn(returns.shape, generator=torch.Generator().manual_seed(2))
-    old = critic_lib.values(base, ro, micro_batch_size=8) + 0.1 * noise  # V_old near V: some tokens clip
+    old = values(base, ro, micro_batch_size=8) + 0.1 * noise  # V_old near V: some tokens clip
     old = torch.where(mask, old, torch.zeros(()))
     s = _settings(num_iterations=2, mini_batches=2, micro_batch_size=2)
     results = []
@@ -395,7 +414,7 @@ def test_garbage_at_masked_positions_changes_nothing(garbage):
         critic = copy.deepcopy(base)
         opt = _adamw(critic)
         batch = _batch(ro, torch.where(mask, old, fill), torch.where(mask, returns, fill))
-        m = critic_lib.update_critic(critic, opt, batch, s, step=3, value_clip=0.2)
+        m = update_critic(critic, opt, batch, s, step=3, value_clip=0.2)
         results.append((m, critic.state_dict()))
     (m0, w0), (m1, w1) = results
     assert m0 == m1
@@ -415,7 +434,7 @@ def test_value_clip_reports_clipping_and_zero_clip_is_off():
 
     critic = _critic()
     before = copy.deepcopy(critic.state_dict())
-    m = critic_lib.update_critic(critic, _adamw(critic), _batch(ro, far, returns), _settings(), step=0,
+    m = update_critic(critic, _adamw(critic), _batch(ro, far, returns), _settings(), step=0,
                                  value_clip=0.01)
     # V = 0 lies below V_old − ε = 4.99, on R's side: the clipped term ½·4.99² wins everywhere, with no gradient.
     assert m["critic/vf_clip_frac"] == pytest.approx(1.0)
@@ -424,7 +443,7 @@ def test_value_clip_reports_clipping_and_zero_clip_is_off():
     assert all(torch.equal(before[k], v) for k, v in critic.state_dict().items())
 
     critic = _critic()
-    m = critic_lib.update_critic(critic, _adamw(critic), _batch(ro, far, returns), _settings(), step=0,
+    m = update_critic(critic, _adamw(critic), _batch(ro, far, returns), _settings(), step=0,
                                  value_clip=0.0)
     assert m["critic/vf_clip_frac"] == 0.0
     assert m["critic/value_loss"] == 0.0  # unclipped: ½·(0 − 0)²
@@ -432,12 +451,12 @@ def test_value_clip_reports_clipping_and_zero_clip_is_off():
     critic = _critic()
     _random_head(critic)
     ro2, returns2 = _fixed_batch(seed=1)
-    v0 = critic_lib.values(critic, ro2, micro_batch_size=8)
-    m = critic_lib.update_critic(critic, _adamw(critic), _batch(ro2, v0 + 3.0, returns2),
+    v0 = values(critic, ro2, micro_batch_size=8)
+    m = update_critic(critic, _adamw(critic), _batch(ro2, v0 + 3.0, returns2),
                                  _settings(num_iterations=2, mini_batches=2, micro_batch_size=3), step=0,
                                  value_clip=1e-3)
     assert m["critic/vf_clip_frac"] > 0
-    m = critic_lib.update_critic(critic, _adamw(critic), _batch(ro2, v0 + 3.0, returns2),
+    m = update_critic(critic, _adamw(critic), _batch(ro2, v0 + 3.0, returns2),
                                  _settings(num_iterations=2, mini_batches=2, micro_batch_size=3), step=1,
                                  value_clip=0.0)
     assert m["critic/vf_clip_frac"] == 0.0
@@ -468,7 +487,7 @@ def test_token_kl_is_zero_for_fresh_adapters_and_equals_the_logprob_difference_a
     model = _lora_policy()
     ro = _rollout(PROMPT_LENS, LENGTHS, T=8, seed=7)
     mask = ro.loss_mask
-    kl = critic_lib.token_kl(model, model.disable_adapter, ro, micro_batch_size=2, chunk_size=16)
+    kl = token_kl(model, model.disable_adapter, ro, micro_batch_size=2, chunk_size=16)
     assert kl.shape == (5, 8) and kl.dtype == torch.float32 and kl.device.type == "cpu"
     assert torch.equal(kl, torch.zeros(5, 8))
 
@@ -477,7 +496,7 @@ def test_token_kl_is_zero_for_fresh_adapters_and_equals_the_logprob_difference_a
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    kl = critic_lib.token_kl(model, model.disable_adapter, ro, micro_batch_size=2, chunk_size=16)
+    kl = token_kl(model, model.disable_adapter, ro, micro_batch_size=2, chunk_size=16)
     with torch.no_grad():
         lp, _ = completion_logprobs(model, ro.prompt_ids, ro.completion_ids, ro.lengths)
         with model.disable_adapter():
@@ -529,7 +548,7 @@ def test_ppo_with_a_critic_trains_end_to_end(tmp_path, lora):
     assert rows[0]["critic/values_mean"] == 0.0  # the zero head's V_old at the first collection
     assert rows[-1]["critic/values_mean"] != 0.0
 
-    initial = trainable_state_dict(build.build_critic(cfg, CPU)[0])
+    initial = trainable_state_dict(build_critic(cfg)[0])
     ckpt = tmp_path / "r/checkpoints/step_000003"
     trained = load_file(str(ckpt / "critic.safetensors"))
     assert (ckpt / "critic_optimizer.safetensors").is_file()

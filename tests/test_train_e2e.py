@@ -72,17 +72,17 @@ def run_straight_and_resumed(loop, cfg, tmp_path, monkeypatch, crash_step: int =
     """Train ``cfg`` with ``loop`` (a trainer module) once straight through, and once crashing at 0-based
     ``crash_step`` (after its checkpoint) then resuming; returns both runs' metrics rows."""
     loop.train(cfg, run_dir=tmp_path / "straight")
-    real = loop.update_policy
+    real = loop.update
 
-    def crash(*args, step, **kw):
+    def crash(run, batch, step):
         if step == crash_step:
             raise KeyboardInterrupt
-        return real(*args, step=step, **kw)
+        return real(run, batch, step)
 
-    monkeypatch.setattr(loop, "update_policy", crash)
+    monkeypatch.setattr(loop, "update", crash)
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg, run_dir=tmp_path / "resumed")
-    monkeypatch.setattr(loop, "update_policy", real)
+    monkeypatch.setattr(loop, "update", real)
     loop.train(cfg, run_dir=tmp_path / "resumed", resume=True)
     return read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
 
@@ -158,7 +158,7 @@ def test_an_algorithm_named_by_import_path_trains_exactly_as_by_name(tmp_path, b
         train(cfg, run_dir=tmp_path / str(i))
         rows.append([r for r in _strip_perf(read_metrics(tmp_path / str(i))) if "loss/policy" in r])
     assert rows[0] == rows[1] and len(rows[0]) == 2
-    assert max(r["policy/clip_frac"] for r in rows[1]) > 0      # π_old was computed: the ratio moved and clipped
+    assert max(r["loss_stats/clip_frac"] for r in rows[1]) > 0      # π_old was computed: the ratio moved and clipped
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -7,10 +7,15 @@ import math
 import pytest
 import torch
 
+from rlvr import advantages, kl, losses
 from rlvr.models import tiny_random, trainable_state_dict
+from rlvr.rewards.scoring import Scores
 from rlvr.trainer import checkpoint as ckpt
-from rlvr.trainer.batch import Batch, Scores
-from rlvr.trainer.step import UpdateSettings, update_policy
+from rlvr.trainer import step as step_lib
+from rlvr.trainer.algorithm import Algorithm
+from rlvr.trainer.batch import Batch
+from rlvr.trainer.build import Reference
+from rlvr.trainer.step import Policy, Schedule
 from rlvr.types import Problem, Rollout
 
 
@@ -27,15 +32,28 @@ def _batch(B: int = 8, T: int = 6, seed: int = 0) -> Batch:
     scores = Scores(total=z, accuracy=z, format=z, overlong=z, reasons=[""] * B, extracted=[None] * B)
     problems = [Problem(prompt="p", answer="1", verifier="int", id=f"x/{i}") for i in range(B // 2)]
     adv = torch.randn(B, generator=g)
-    return Batch(problems=problems, rollout=ro, scores=scores, advantages=adv)
+    return Batch(problems=problems, rollout=ro, scores=scores,
+                 advantages=torch.where(ro.loss_mask, adv[:, None], 0.0))    # token-level, 0 where masked
 
 
-def _settings(**kw) -> UpdateSettings:
-    base = dict(loss="reinforce", loss_kwargs={}, aggregation="token_mean", kl_coef=0.0, kl_estimator="k3",
-                num_iterations=1, mini_batches=1, micro_batch_size=8, max_grad_norm=0.0, max_new_tokens=6,
-                chunk_size=64, seed=0)
-    base.update(kw)
-    return UpdateSettings(**base)
+def _row_adv(batch: Batch) -> torch.Tensor:
+    return batch.advantages[:, 0]                                           # every row has a first token
+
+
+def _settings(loss="reinforce", loss_kwargs=None, aggregation="token_mean", kl_coef=0.0, old_logprobs="recompute",
+              num_iterations=1, mini_batches=1, micro_batch_size=8, max_grad_norm=0.0) -> tuple[Algorithm, Schedule]:
+    algo = Algorithm(advantage=advantages.spec("grpo"), loss=losses.spec(loss), aggregation=aggregation,
+                     kl=kl.get("k3"), loss_kwargs=loss_kwargs or {}, kl_coef=kl_coef,
+                     old_from_behavior=old_logprobs == "behavior", max_tokens=6)
+    return algo, Schedule(num_iterations, mini_batches, micro_batch_size, max_grad_norm, seed=0)
+
+
+def update_policy(model, opt, sched, batch, settings, *, step, reference=None, log_ref_kl=False):
+    """rlvr's update on a bare model: the Policy it needs built around it (``reference`` a context manager)."""
+    algo, schedule = settings
+    ref = Reference(model, reference) if reference is not None else None
+    policy = Policy(model, opt, sched, ref, chunk_size=64, log_ref_kl=log_ref_kl)
+    return step_lib.update_policy(policy, batch, algo, schedule, step=step)
 
 
 def _sgd(model, lr=1.0):
@@ -71,7 +89,7 @@ def test_reinforce_update_equals_the_autograd_oracle():
 
     oracle, _ = tiny_random(0)
     lp, mask = _naive_logprobs(oracle, batch)
-    loss = -(batch.advantages[:, None] * lp * mask).sum() / mask.sum()
+    loss = -(batch.advantages * lp * mask).sum() / mask.sum()
     loss.backward()
     for k, p in oracle.named_parameters():
         torch.testing.assert_close(got[k], -p.grad, atol=2e-6, rtol=1e-4, msg=k)
@@ -79,7 +97,7 @@ def test_reinforce_update_equals_the_autograd_oracle():
     assert m["train/skipped_steps"] == 0.0
     # ASymPO's scale-imbalance diagnostic: mean token NLL of positive- and negative-advantage responses
     nll = -(lp * mask).sum(-1).detach() / mask.sum(-1)
-    pos, neg = batch.advantages > 0, batch.advantages < 0
+    pos, neg = _row_adv(batch) > 0, _row_adv(batch) < 0
     assert pos.any() and neg.any()
     assert m["policy/nll_pos"] == pytest.approx(float(nll[pos].mean()), rel=1e-5)
     assert m["policy/nll_neg"] == pytest.approx(float(nll[neg].mean()), rel=1e-5)
@@ -100,7 +118,7 @@ def test_group_weighted_update_equals_the_autograd_oracle():
         results.append((_delta(before, model), m["loss/policy"]))
     oracle, _ = tiny_random(0)
     lp, mask = _naive_logprobs(oracle, batch)
-    per_row = -(batch.advantages[:, None] * lp * mask).sum(-1)                     # [B]
+    per_row = -(batch.advantages * lp * mask).sum(-1)                     # [B]
     loss = sum(per_row[g:g + 2].sum() / mask[g:g + 2].sum() for g in range(0, 8, 2)) / 4
     loss.backward()
     for got, value in results:
@@ -285,14 +303,14 @@ def test_old_logprobs_behavior_takes_the_ppo_ratio_to_the_sampler():
     model, _ = tiny_random(0)
     batch = _with_behavior(_batch(), model, 0.5)  # ratio π_θ/π_b = e^0.5 ≈ 1.65, outside the 0.2 band
     mask = batch.rollout.loss_mask
-    pos = int(((batch.advantages > 0)[:, None] & mask).sum()) / int(mask.sum())
+    pos = int(((batch.advantages > 0) & mask).sum()) / int(mask.sum())
     lr0 = dict(lr=0.0)
     recompute = update_policy(model, *_sgd(model, **lr0), batch, _settings(loss="ppo_clip"), step=0)
     behavior = update_policy(model, *_sgd(model, **lr0), batch, _settings(loss="ppo_clip", old_logprobs="behavior"),
                              step=0)
-    assert recompute["policy/clip_frac"] == 0.0 and "policy/behavior_kl" not in recompute
+    assert recompute["loss_stats/clip_frac"] == 0.0 and "policy/behavior_kl" not in recompute
     # clipped exactly where A > 0 (ratio above 1 + ε pushes a positive advantage out of the band)
-    assert behavior["policy/clip_frac"] == pytest.approx(pos, abs=1e-9)
+    assert behavior["loss_stats/clip_frac"] == pytest.approx(pos, abs=1e-9)
     assert behavior["loss_stats/ratio"] == pytest.approx(math.exp(0.5), rel=1e-5)
 
 

@@ -189,6 +189,7 @@ def _clipped_surrogate(log_ratio: Tensor, adv: Tensor, *, clip_eps_low: float, c
         "clipped_low": ((adv < 0) & (r < 1 - clip_eps_low)).to(r.dtype),    # gradient cut: ratio below the band
         "clipped_high": ((adv > 0) & (r > 1 + clip_eps_high)).to(r.dtype),  # gradient cut: ratio above the band
     }
+    stats["clip_frac"] = stats["clipped_low"] + stats["clipped_high"]      # either side: PPO's clip fraction
     if dual_clip is not None:
         bound = -adv * dual_clip
         stats["dual_clipped"] = ((adv < 0) & (loss.detach() > bound)).to(r.dtype)

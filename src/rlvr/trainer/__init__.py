@@ -1,14 +1,23 @@
 """Trainers. ``train(cfg)`` runs the loop ``cfg.trainer`` names: ``sync`` (``rlvr.trainer.sync``) or ``async``
-(``rlvr.trainer.async_``)."""
+(``rlvr.trainer.async_``).
+
+The public surface for tools outside the library (benchmarks, studies): ``train`` and ``RunSummary``;
+``build_problems(cfg)`` (the run's train and held-out problems), ``make_encoder(tokenizer, system_prompt)``
+(problem -> prompt token ids, as the trainer encodes them) and ``PromptStream`` (the seeded order in which a run
+takes its prompts); the module ``rlvr.trainer.staleness`` (the async trainer's staleness rules). Everything a run
+measures is in its metrics.jsonl (``rlvr.metrics.read_metrics``).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
 from rlvr.config import TrainConfig
+from rlvr.trainer.batch import PromptStream
+from rlvr.trainer.build import build_problems, make_encoder
 from rlvr.trainer.run import RunSummary
 
-__all__ = ["RunSummary", "train"]
+__all__ = ["PromptStream", "RunSummary", "build_problems", "make_encoder", "train"]
 
 
 def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False,

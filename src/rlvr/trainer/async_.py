@@ -1,9 +1,10 @@
 """The asynchronous trainer: rollout workers generate the next batches while the learner trains on this one.
 
-A producer thread makes batches in order with the Collector of the sync loop (sampling on the rollout
-workers, scoring, advantages); the learner takes them, drops any sampled with weights more than
-``rollout.max_staleness`` updates old, trains on the rest with the shared update (``step.update_policy``),
-and publishes its new weights with their version. Admission control (``trainer.staleness``) holds the
+A producer thread makes batches in order with the sync loop's ``collect`` (sampling on the rollout workers,
+scoring, advantages); the learner takes them, drops any sampled with weights more than
+``rollout.max_staleness`` updates old, trains on the rest with the sync loop's ``update``, and publishes its
+new weights with their version. That is the only difference from the synchronous loop: where samples come
+from. Admission control (``trainer.staleness``) holds the
 producer back so that batches are not made further ahead than the bound; at ``max_staleness=0`` this is the
 synchronous schedule, step for step (tested against ``sync.train``).
 
@@ -15,7 +16,7 @@ and the samplers then return none.
 Rollout workers are threads of this process (``rollout.backend=thread``) or Ray actors (``ray``), sampling
 with HFSampler or, with ``rollout.engine=vllm``, vLLM (then the learner publishes LoRA-merged full weights);
 a worker that dies or hangs is replaced and its prompts re-issued (``rollout.pool``). Estimators that need a critic
-are not supported here (the critic would need its own weight versions); ``build.check_algorithm`` says so.
+are not supported here (the critic would need its own weight versions); ``Algorithm.from_config`` says so.
 """
 from __future__ import annotations
 
@@ -27,14 +28,13 @@ from typing import Any, Iterator
 
 import torch
 
-from rlvr import advantages
 from rlvr.config import TrainConfig
 from rlvr.rollout.pool import ThreadBackend, WorkerPool
 from rlvr.trainer import build
 from rlvr.trainer.checkpoint import TrainState
-from rlvr.trainer.run import Run, RunSummary, step_metrics, update_settings
+from rlvr.trainer.run import Run, RunSummary, step_metrics
 from rlvr.trainer.staleness import Producer, StalenessGate, StalenessStats, take_fresh
-from rlvr.trainer.step import update_policy
+from rlvr.trainer.sync import collect, update
 
 __all__ = ["train", "worker_pool"]
 
@@ -69,43 +69,32 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
           console: Any = None) -> RunSummary:
     """Run (or, with ``resume``, continue) asynchronous training; returns where the run lives and its eval
     accuracies."""
-    settings = update_settings(cfg)
-    with _stage_threads(cfg), Run(cfg, run_dir, resume, console) as r, worker_pool(cfg) as workers:
-        ses, extras = r.ses, r.ses.state.extras
-        version = ses.state.policy_version
-        workers.publish(version, build.worker_weights(cfg, ses.model))
+    with _stage_threads(cfg), Run(cfg, run_dir, resume, console) as run, worker_pool(cfg) as workers:
+        extras = run.state.extras
+        workers.publish(run.version, build.worker_weights(cfg, run.policy.model))
         stats = StalenessStats.from_state(cfg.rollout.max_staleness, extras.get("async_stats"))
-        gate = StalenessGate(cfg.rollout.max_staleness, version, dropped=stats.dropped_chunks)
-        # AAPO's reference samples come from a frozen copy of the initial policy (LoRA B = 0 is the base model).
-        ref_sampler = build.SamplerFactory(cfg)() \
-            if advantages.spec(cfg.algo.advantage).needs_reference_samples else None
-        collector = build.make_collector(cfg, ses.stream, ses.encode, workers, r.pool, ref_sampler, None)
-        producer = Producer(collector.collect, lambda: ses.stream.position, gate,
-                            start=extras.get("async_next_chunk", ses.state.step))
-        autocast = build.autocast_factory(cfg, next(ses.model.parameters()).device)
-        reference = ses.reference.context if ses.reference is not None else None
+        gate = StalenessGate(cfg.rollout.max_staleness, run.version, dropped=stats.dropped_chunks)
+        producer = Producer(lambda step: collect(run, workers, step), lambda: run.stream.position, gate,
+                            start=extras.get("async_next_chunk", run.state.step))
         try:
-            for step in range(ses.state.step, cfg.steps):
+            for step in range(run.state.step, cfg.steps):
                 t0 = time.perf_counter()
-                chunk, dropped = take_fresh(producer, gate, version, stats)
+                chunk, dropped = take_fresh(producer, gate, run.version, stats)        # samples come from here
                 t1 = time.perf_counter()
-                staleness = version - chunk.batch.rollout.policy_version
-                upd = update_policy(ses.model, ses.optimizer, ses.scheduler, chunk.batch, settings, step=step,
-                                    reference=reference, log_ref_kl=cfg.log.ref_kl and reference is not None,
-                                    autocast=autocast)
-                version += 1
-                workers.publish(version, build.worker_weights(cfg, ses.model))
-                gate.publish(version)
-                ses.sampler.version = version  # the learner-side evaluator's sampler
-                metrics = {**step_metrics(chunk.batch, upd, version, (t0, t1, time.perf_counter()),
+                staleness = run.version - chunk.batch.rollout.policy_version
+                metrics = update(run, chunk.batch, step)
+                run.publish(run.version + 1)
+                workers.publish(run.version, build.worker_weights(cfg, run.policy.model))
+                gate.publish(run.version)
+                metrics = {**step_metrics(chunk.batch, metrics, run.version, (t0, t1, time.perf_counter()),
                                           cfg.algo.num_iterations),
                            **stats.metrics(staleness, chunk.batch.rollout.lengths.shape[0], dropped, t1 - t0),
                            "async/ready_chunks": float(producer.ready()),
                            "rollout/worker_restarts": float(workers.stats.restarts),
                            "rollout/reissued_prompts": float(workers.stats.reissued_prompts)}
-                r.end_step(step, chunk.batch, metrics,
-                           TrainState(step + 1, chunk.position, version,
-                                      {"async_next_chunk": chunk.index + 1, "async_stats": stats.state()}))
+                run.end_step(step, chunk.batch, metrics,
+                             TrainState(step + 1, chunk.position, run.version,
+                                        {"async_next_chunk": chunk.index + 1, "async_stats": stats.state()}))
         finally:
             producer.close(timeout=cfg.rollout.worker_timeout_s)
-    return r.summary()
+    return run.summary()

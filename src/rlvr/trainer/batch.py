@@ -1,27 +1,22 @@
-"""From prompts to a training batch: sample G completions per prompt, score them, compute advantages.
+"""A step's training data: the prompt stream, the sampled groups, and the batch they are assembled into.
 
-Everything an algorithm needs beyond rewards comes from its registry entry: an estimator that
-``needs_reference_samples`` (AAPO) gets the rewards of G samples of the frozen reference model for
-the same prompts; one that ``takes_k`` gets ``algo.k``; one that ``needs_values`` (gae) gets the
-critic's V_old [B, T] (and, with a reward KL coefficient, the per-token KL to the reference) and
-returns per-token advantages and returns. The loop never looks at an algorithm's name.
+``Group`` is what one prompt contributes (its G sampled rows, their scores, and the reference samples' scores
+when the algorithm draws them); ``assemble`` stacks the kept groups into a ``Batch``, prompt-major: rows
+``i*G .. i*G+G-1`` answer prompt ``i``. Advantages are filled in by the algorithm (``Algorithm.advantages``),
+always token-level ``Float32[B, T]``.
 """
 from __future__ import annotations
 
-import time
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import torch
 
-from rlvr import advantages
-from rlvr.rewards.scoring import RewardSettings, Scores, score
+from rlvr.rewards.scoring import Scores
 from rlvr.seeding import derive_seed
-from rlvr.types import Problem, Rollout, SamplingParams
+from rlvr.types import Problem, Rollout
 
-__all__ = ["Batch", "Collector", "PromptStream", "RewardSettings", "Scores", "batch_metrics", "derive_seed",
-           "score"]
+__all__ = ["Batch", "Group", "PromptStream", "assemble", "batch_metrics"]
 
 
 class PromptStream:
@@ -51,126 +46,42 @@ class PromptStream:
 
 
 @dataclass
+class Group:
+    """One prompt's G samples: rows ``offset .. offset+G-1`` of ``rollout`` and ``scores`` (and of
+    ``ref_scores``, the reference model's samples, when drawn); ``informative``: its rewards are not all equal
+    (so group-relative advantages are not all zero)."""
+
+    problem: Problem
+    offset: int
+    rollout: Rollout
+    scores: Scores
+    ref_scores: Scores | None = None
+    informative: bool = True
+
+
+@dataclass
 class Batch:
     """One step's training data: P prompts × G completions, prompt-major."""
 
     problems: list[Problem]
     rollout: Rollout
     scores: Scores
-    advantages: torch.Tensor  # float32 [B], or [B, T] for token-level estimators
+    advantages: torch.Tensor
+    """Float32[B, T]: each token's advantage, 0 at masked positions."""
     ref_scores: Scores | None = None
-    values: torch.Tensor | None = None   # float32 [B, T]: the critic's V_old (token-level estimators)
-    returns: torch.Tensor | None = None  # float32 [B, T]: the critic's regression targets
+    values: torch.Tensor | None = None   # Float32[B, T]: the critic's V_old (token-level estimators)
+    returns: torch.Tensor | None = None  # Float32[B, T]: the critic's regression targets
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
-class Collector:
-    """Draws prompts, samples, scores and (with dynamic sampling) refills until P informative groups."""
-
-    stream: PromptStream
-    encode: Callable[[Problem], list[int]]
-    sampler: Any
-    pool: Any
-    params: SamplingParams
-    group_size: int
-    prompts_per_step: int
-    rewards: RewardSettings
-    advantage: str
-    advantage_kwargs: dict[str, Any]
-    k: int | None
-    seed: int
-    dynamic_sampling: bool = False
-    max_refill_rounds: int = 0
-    ref_sampler: Any = None
-    ref_context: Callable[[], AbstractContextManager] = nullcontext
-    values_fn: Callable[[Rollout], torch.Tensor] | None = None
-    """V_old [B, T] of a rollout, for estimators that ``needs_values``."""
-    kl_fn: Callable[[Rollout], torch.Tensor] | None = None
-    """Per-token KL [B, T] to the reference, for the KL-in-reward term (with ``reward_kl_coef`` > 0)."""
-    reward_kl_coef: float = 0.0
-
-    def _sample(self, problems: list[Problem], step: int, rnd: int) -> tuple[Rollout, Scores, Rollout | None,
-                                                                            Scores | None, float]:
-        prompt_ids = [self.encode(p) for p in problems]
-        t0 = time.perf_counter()
-        rollout = self.sampler.generate(prompt_ids, self.params, n=self.group_size,
-                                        seed=derive_seed(self.seed, "rollout", step, rnd))
-        gen_s = time.perf_counter() - t0
-        scores = score(self.pool, problems, rollout, self.group_size, self.rewards, self.params.max_new_tokens)
-        ref_rollout = ref_scores = None
-        if self._needs_reference():
-            if self.ref_sampler is None:
-                raise ValueError(f"advantage {self.advantage!r} needs reference samples but no reference sampler "
-                                 "was built")
-            with self.ref_context():
-                ref_rollout = self.ref_sampler.generate(prompt_ids, self.params, n=self.group_size,
-                                                        seed=derive_seed(self.seed, "reference", step, rnd))
-            ref_scores = score(self.pool, problems, ref_rollout, self.group_size, self.rewards,
-                               self.params.max_new_tokens)
-        return rollout, scores, ref_rollout, ref_scores, gen_s
-
-    def _needs_reference(self) -> bool:
-        return advantages.spec(self.advantage).needs_reference_samples
-
-    def collect(self, step: int) -> Batch:
-        P, G = self.prompts_per_step, self.group_size
-        kept: list[tuple[Problem, int, Rollout, Scores, Scores | None]] = []  # (problem, row offset, ...)
-        gen_s = gen_tokens = dropped = sampled = 0
-        rounds = 1 + (self.max_refill_rounds if self.dynamic_sampling else 0)
-        for rnd in range(rounds):
-            need = P - len(kept)
-            if need <= 0:
-                break
-            problems = self.stream.take(need)
-            rollout, scores, ref_rollout, ref_scores, secs = self._sample(problems, step, rnd)
-            gen_s += secs
-            gen_tokens += int(rollout.lengths.sum()) + (int(ref_rollout.lengths.sum()) if ref_rollout else 0)
-            sampled += len(problems)
-            r = scores.total.view(len(problems), G)
-            informative = (r != r[:, :1]).any(-1)
-            for i, p in enumerate(problems):
-                if self.dynamic_sampling and not informative[i] and rnd < rounds - 1:
-                    dropped += 1
-                    continue
-                kept.append((p, i, rollout, scores, ref_scores))
-        batch = self._assemble(kept[:P])
-        batch.metrics.update({"rollout/prompts_sampled": sampled, "rollout/groups_dropped": dropped,
-                              "rollout/samples": sampled * G * (2 if self._needs_reference() else 1),
-                              "perf/gen_s": gen_s, "perf/gen_tokens_per_s": gen_tokens / max(gen_s, 1e-9)})
-        return batch
-
-    def _assemble(self, kept: list) -> Batch:
-        G = self.group_size
-        problems = [p for p, *_ in kept]
-        rows = [(ro, i * G + j) for _, i, ro, _, _ in kept for j in range(G)]
-        rollout = _select_rows(rows)
-        scores = _select_scores([(sc, i * G + j) for _, i, _, sc, _ in kept for j in range(G)])
-        ref_scores = None
-        if kept and kept[0][4] is not None:
-            ref_scores = _select_scores([(rs, i * G + j) for _, i, _, _, rs in kept for j in range(G)])
-        kwargs = dict(self.advantage_kwargs)
-        spec = advantages.spec(self.advantage)
-        if spec.takes_k:
-            if self.k is None:
-                raise ValueError(f"advantage {self.advantage!r} takes k: set algo.k")
-            kwargs["k"] = self.k
-        if spec.needs_reference_samples:
-            kwargs["ref_rewards"] = ref_scores.total.view(-1, G)
-        if not spec.needs_values:
-            adv = spec.fn(scores.total.view(-1, G), **kwargs).reshape(-1).to(torch.float32)
-            return Batch(problems=problems, rollout=rollout, scores=scores, advantages=adv, ref_scores=ref_scores)
-        if self.values_fn is None:
-            raise ValueError(f"advantage {self.advantage!r} needs values but no value model was built")
-        values = self.values_fn(rollout).to(torch.float32)
-        kwargs.update(values=values, loss_mask=rollout.loss_mask)
-        if self.reward_kl_coef > 0:
-            if self.kl_fn is None:
-                raise ValueError("a reward KL coefficient needs a reference model (kl_fn)")
-            kwargs.update(kl=self.kl_fn(rollout), kl_coef=self.reward_kl_coef)
-        adv, returns = spec.fn(scores.total.view(-1, G), **kwargs)
-        return Batch(problems=problems, rollout=rollout, scores=scores, advantages=adv.to(torch.float32),
-                     ref_scores=ref_scores, values=values, returns=returns.to(torch.float32))
+def assemble(groups: list[Group], G: int) -> tuple[list[Problem], Rollout, Scores, Scores | None]:
+    """(problems, rollout, scores, reference scores or None) of the kept groups, stacked prompt-major."""
+    problems = [g.problem for g in groups]
+    rows = [(g, j) for g in groups for j in range(g.offset, g.offset + G)]
+    rollout = _select_rows([(g.rollout, j) for g, j in rows])
+    scores = _select_scores([(g.scores, j) for g, j in rows])
+    ref = _select_scores([(g.ref_scores, j) for g, j in rows]) if groups and groups[0].ref_scores else None
+    return problems, rollout, scores, ref
 
 
 def _select_rows(rows: list[tuple[Rollout, int]]) -> Rollout:
@@ -199,14 +110,19 @@ def _select_scores(rows: list[tuple[Scores, int]]) -> Scores:
                   reasons=[s.reasons[i] for s, i in rows], extracted=[s.extracted[i] for s, i in rows])
 
 
+def row_advantages(batch: Batch) -> torch.Tensor:
+    """Float64[B]: each response's mean advantage over its valid tokens (its advantage, for sequence-level
+    estimators; exact, since B·T float32 copies sum exactly in float64)."""
+    mask = batch.rollout.loss_mask[:, :batch.advantages.shape[1]]
+    return torch.where(mask, batch.advantages.double(), 0.0).sum(-1) / mask.sum(-1).clamp_min(1)
+
+
 def batch_metrics(batch: Batch) -> dict[str, float]:
-    """reward/, adv/ and response/ metrics of a batch."""
+    """reward/, adv/ (over responses, of each one's mean token advantage) and response/ metrics of a batch."""
     s, G = batch.scores, batch.rollout.completion_ids.shape[0] // max(len(batch.problems), 1)
     r = s.total.view(-1, G)
     lengths = batch.rollout.lengths.double()
-    adv = batch.advantages.double()
-    if adv.dim() == 2:  # per-token advantages: statistics over valid tokens
-        adv = adv[batch.rollout.loss_mask[:, :adv.shape[1]]]
+    adv = row_advantages(batch)
     out = {
         "reward/mean": float(s.total.mean()), "reward/std": float(s.total.std()) if s.total.numel() > 1 else 0.0,
         "reward/accuracy": float(s.accuracy.mean()), "reward/format": float(s.format.mean()),

@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import torch
 
-from rlvr import advantages, losses
 from rlvr.config import TrainConfig
+from rlvr.trainer.algorithm import Algorithm
 from rlvr.types import Problem, SamplingParams
 
 
@@ -23,52 +23,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_algorithm(cfg: TrainConfig) -> None:
-    """Fail before loading anything when the algorithm section names something unknown or incomplete."""
-    spec = advantages.spec(cfg.algo.advantage)
-    losses.spec(cfg.algo.loss)
-    if cfg.algo.aggregation is not None and cfg.algo.aggregation not in losses.AGGREGATIONS:
-        raise ValueError(f"algo.aggregation {cfg.algo.aggregation!r} is not one of {', '.join(losses.AGGREGATIONS)}")
-    from rlvr import kl
-    kl.get(cfg.algo.kl_estimator)
-    if spec.takes_k and cfg.algo.k is None:
-        raise ValueError(f"algo.advantage={cfg.algo.advantage} takes k: set algo.k (e.g. algo.k=4)")
-    if spec.takes_k and cfg.algo.k is not None and cfg.algo.k > cfg.rollout.group_size:
-        raise ValueError(f"algo.k={cfg.algo.k} exceeds rollout.group_size={cfg.rollout.group_size}")
-    if not spec.takes_k and cfg.algo.k is not None:
-        raise ValueError(f"algo.k is set but advantage {cfg.algo.advantage!r} does not take k")
-    check_estimator_on_one_group(cfg, spec)
-    loss = losses.spec(cfg.algo.loss)
-    if cfg.algo.old_logprobs == "behavior" and (not loss.needs_old_logprobs or loss.needs_behavior_logprobs):
-        raise ValueError(f"algo.old_logprobs=behavior applies to ratio losses that read π_old (ppo_clip, cispo); "
-                         f"{cfg.algo.loss!r} " + ("reads the behaviour log-probs itself" if
-                                                  loss.needs_behavior_logprobs else "has no ratio"))
-    if cfg.trainer == "async" and spec.needs_values:
-        raise ValueError(f"algo.advantage={cfg.algo.advantage} needs a critic, which the async trainer does not "
-                         "train; use trainer=sync")
-    if cfg.algo.reward_kl_coef > 0 and not spec.needs_values:
-        raise ValueError(f"algo.reward_kl_coef applies to token-level estimators (those that need values, e.g. "
-                         f"gae), not to {cfg.algo.advantage!r}")
-
-
-def check_estimator_on_one_group(cfg: TrainConfig, spec: advantages.AdvantageSpec) -> None:
-    """Call the estimator once on one group of G rewards 0, 1, 0, 1, ... with the config's k and kwargs, so that
-    its own checks (k against the group size, unknown or bad kwargs) fail before the model loads."""
-    G = cfg.rollout.group_size
-    rewards = (torch.arange(G) % 2).to(torch.float64)[None]                 # [1, G]
-    kwargs = dict(cfg.algo.advantage_kwargs)
-    if spec.takes_k:
-        kwargs["k"] = cfg.algo.k
-    if spec.needs_reference_samples:
-        kwargs["ref_rewards"] = rewards
-    if spec.needs_values:
-        kwargs.update(values=torch.zeros(G, 1), loss_mask=torch.ones(G, 1, dtype=torch.bool))
-    try:
-        spec.fn(rewards, **kwargs)
-    except (ValueError, TypeError) as err:
-        k = f", algo.k={cfg.algo.k}" if spec.takes_k else ""
-        raise ValueError(f"algo.advantage={cfg.algo.advantage} with rollout.group_size={G}{k} and "
-                         f"algo.advantage_kwargs={dict(cfg.algo.advantage_kwargs)}: {err}") from err
+def check_algorithm(cfg: TrainConfig) -> Algorithm:
+    """The run's algorithm, resolved and checked against the config before anything loads (ValueError names
+    the key); ``Algorithm.from_config``."""
+    return Algorithm.from_config(cfg)
 
 
 def load_policy(cfg: TrainConfig, device: torch.device):
@@ -98,16 +56,29 @@ class Reference:
     context: Callable[[], AbstractContextManager]
 
 
-def build_reference(cfg: TrainConfig, model: torch.nn.Module) -> Reference | None:
-    needs_samples = advantages.spec(cfg.algo.advantage).needs_reference_samples
+def build_reference(cfg: TrainConfig, model: torch.nn.Module, algo: Algorithm) -> Reference | None:
+    """The frozen initial model: free under LoRA (adapters off); a frozen copy of the weights when the algorithm
+    needs it (a KL term, KL in the reward, reference samples); else None."""
     if cfg.model.lora:
         return Reference(model, model.disable_adapter)  # free: same weights, adapters switched off
-    if cfg.algo.kl_coef > 0 or cfg.algo.reward_kl_coef > 0 or needs_samples:
+    if algo.needs_reference_model:
         ref = copy.deepcopy(model).eval()
         for p in ref.parameters():
             p.requires_grad_(False)
         return Reference(ref, nullcontext)
     return None
+
+
+def reference_sampler(cfg: TrainConfig, reference: Reference, tokenizer: Any, *, own_copy: bool
+                      ) -> tuple[Any, Callable[[], AbstractContextManager]]:
+    """(sampler, context) for the frozen initial model's samples (AAPO): the run's reference itself when sampling
+    alternates with training (sync), else a separate copy of the initial policy (async: the producer samples
+    while the learner trains, so it must not share the learner's weights or its adapter switch)."""
+    from rlvr.rollout import HFSampler
+
+    if own_copy:
+        return SamplerFactory(cfg)(), nullcontext  # LoRA's initial B = 0: the initial policy is the base model
+    return HFSampler(reference.model, tokenizer, max_batch_size=cfg.rollout.max_batch_size), reference.context
 
 
 GENERATED_DEFAULT_SIZE = 2000
@@ -137,16 +108,11 @@ def make_encoder(tokenizer: Any, system_prompt: str | None) -> Callable[[Problem
     return encode
 
 
-def needs_behavior_logprobs(cfg: TrainConfig) -> bool:
-    """The loss reads the sampler's log-probs (decoupled_ppo) or takes its ratio to them (old_logprobs=behavior)."""
-    loss = losses.spec(cfg.algo.loss)
-    return loss.needs_behavior_logprobs or (loss.needs_old_logprobs and cfg.algo.old_logprobs == "behavior")
-
-
-def sampling_params(cfg: TrainConfig) -> SamplingParams:
+def sampling_params(cfg: TrainConfig, algo: Algorithm) -> SamplingParams:
+    """The rollout's sampling settings; the sampler returns behaviour log-probs when the algorithm uses them."""
     r = cfg.rollout
     return SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens, stop=r.stop,
-                          logprobs=needs_behavior_logprobs(cfg))
+                          logprobs=algo.sampler_logprobs)
 
 
 def worker_weights(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -215,15 +181,16 @@ def autocast_factory(cfg: TrainConfig, device: torch.device) -> Callable[[], Abs
     return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
 
 
-def build_critic(cfg: TrainConfig, device: torch.device) -> tuple[Any, torch.optim.Optimizer] | None:
-    """A value model and its optimiser when the estimator's registry entry ``needs_values``; else None.
+def build_critic(cfg: TrainConfig, device: torch.device, algo: Algorithm) -> Any:
+    """A ``Critic`` (value model, its optimiser, the value clip) when the algorithm ``needs_critic``; else None.
 
     The critic is a fresh copy of the policy's initial model with a zero-initialised scalar head
     (rlvr.value); LoRA follows ``critic.lora`` (None: as the policy).
     """
-    if not advantages.spec(cfg.algo.advantage).needs_values:
+    if not algo.needs_critic:
         return None
     from rlvr.models import load_model
+    from rlvr.trainer.critic import Critic
     from rlvr.value import build_value_model
 
     m = cfg.model
@@ -237,34 +204,5 @@ def build_critic(cfg: TrainConfig, device: torch.device) -> tuple[Any, torch.opt
     params = [p for p in critic.parameters() if p.requires_grad]
     o = cfg.optim
     opt = torch.optim.AdamW(params, lr=cfg.critic.lr, betas=o.betas, weight_decay=o.weight_decay)
-    return critic, opt
-
-
-def make_collector(cfg: TrainConfig, stream: Any, encode: Callable[[Problem], list[int]], sampler: Any, pool: Any,
-                   ref_sampler: Any, reference: Reference | None, critic: Any = None, policy: Any = None) -> Any:
-    """The step's batch maker: sampling, scoring, dynamic sampling, reference samples, advantages.
-
-    critic: the value model when the estimator needs values; policy: the trained model, for the
-    KL-in-reward term (``algo.reward_kl_coef``).
-    """
-    from rlvr.trainer import critic as critic_lib
-    from rlvr.trainer.batch import Collector, RewardSettings
-
-    a = cfg.algo
-    autocast = autocast_factory(cfg, next(policy.parameters()).device) if policy is not None else nullcontext
-    values_fn = partial(critic_lib.values, critic, micro_batch_size=a.micro_batch_size, autocast=autocast) \
-        if critic is not None else None
-    kl_fn = partial(critic_lib.token_kl, policy, reference.context, micro_batch_size=a.micro_batch_size,
-                    chunk_size=cfg.model.logprob_chunk_size, autocast=autocast,
-                    share_prompts=cfg.model.share_prompts) \
-        if a.reward_kl_coef > 0 and reference is not None and policy is not None else None
-    r = cfg.reward
-    return Collector(
-        stream=stream, encode=encode, sampler=sampler, pool=pool, params=sampling_params(cfg),
-        group_size=cfg.rollout.group_size, prompts_per_step=cfg.rollout.prompts_per_step,
-        rewards=RewardSettings(r.format_weight, r.overlong_buffer, r.overlong_penalty),
-        advantage=cfg.algo.advantage, advantage_kwargs=dict(cfg.algo.advantage_kwargs), k=cfg.algo.k,
-        seed=cfg.seed, dynamic_sampling=cfg.rollout.dynamic_sampling,
-        max_refill_rounds=cfg.rollout.max_refill_rounds, ref_sampler=ref_sampler,
-        ref_context=reference.context if reference is not None else nullcontext, values_fn=values_fn, kl_fn=kl_fn,
-        reward_kl_coef=a.reward_kl_coef)
+    return Critic(critic, opt, cfg.critic.value_clip if cfg.critic.value_clip > 0 else None,
+                  autocast_factory(cfg, device))

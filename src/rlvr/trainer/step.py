@@ -1,17 +1,24 @@
-"""The shared policy update: num_iterations passes × mini-batches × micro-batches over one batch.
+"""The update: one batch becomes ``num_iterations × mini_batches`` optimiser steps of accumulated micro-batches.
 
-1. Old log-probs (π_old) are computed once per batch, without grad, when the loss needs them and the
-   batch is used for more than one optimiser step; with one step they equal the current log-probs.
-2. Reference log-probs are computed once per batch when there is a KL term (β > 0) or KL logging.
-3. Each optimiser step's loss normaliser is computed once over all its micro-batches
+1. π_old (when the loss reads it and there is more than one optimiser step per batch) and reference log-probs
+   (a KL term, or ``log.ref_kl``) are computed once per batch, without grad.
+2. Each optimiser step's loss normaliser is computed once over all its micro-batches
    (``losses.loss_normalizer``), so the micro-batch size never changes the gradient.
-4. A non-finite loss or gradient norm skips the step: gradients are dropped, weights untouched.
+3. A non-finite loss or gradient norm skips the step: gradients are dropped, weights untouched.
+
+``optimize`` is the one micro-batch/optimiser-step schedule, shared by the policy (``update_policy``) and the
+critic (``rlvr.trainer.critic.update_critic``): each passes a generator of its micro-batch losses.
+The loss returns its own statistics (logged as ``loss_stats/<name>``); the update adds the loss-independent
+policy diagnostics (entropy, KL to the reference and to the sampler, mean token NLL of positive- and
+negative-advantage responses) and aggregates all of them token-weighted over the batch.
 """
 from __future__ import annotations
 
 import math
+import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Iterator
 
 import torch
@@ -19,35 +26,77 @@ import torch
 from rlvr import kl as kl_estimators
 from rlvr import losses
 from rlvr.logprobs import completion_logprobs
-from rlvr.trainer.batch import Batch, derive_seed
+from rlvr.trainer.algorithm import Algorithm
+from rlvr.trainer.batch import Batch
+from rlvr.seeding import derive_seed
 from rlvr.types import Rollout
+
+Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
-class UpdateSettings:
-    loss: str
-    loss_kwargs: dict[str, Any]
-    aggregation: str | None
-    kl_coef: float
-    kl_estimator: str
-    num_iterations: int
-    mini_batches: int
-    micro_batch_size: int
-    max_grad_norm: float
-    max_new_tokens: int
-    chunk_size: int
-    seed: int
-    old_logprobs: str = "recompute"
-    """π_old of ratio losses: "recompute" (learner forward) or "behavior" (the sampler's log-probs)."""
+class Schedule:
+    """How one batch becomes optimiser steps: ``num_iterations`` passes, each split into ``mini_batches``
+    optimiser steps (rows shuffled from ``seed`` when > 1), each accumulated over micro-batches of
+    ``micro_batch_size`` rows; gradients clipped to ``max_grad_norm`` (0 = off)."""
+
+    num_iterations: int = 1
+    mini_batches: int = 1
+    micro_batch_size: int = 16
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Schedule":
+        a = cfg.algo
+        return cls(a.num_iterations, a.mini_batches, a.micro_batch_size, cfg.optim.max_grad_norm, cfg.seed)
+
+    @property
+    def updates(self) -> int:
+        """Optimiser steps per batch."""
+        return self.num_iterations * self.mini_batches
+
+
+@dataclass
+class Policy:
+    """The trained model and what its log-prob passes and update need besides the batch.
+
+    reference: the frozen initial model's context (adapters off under LoRA, or a frozen copy) and its model,
+    or None; log_ref_kl: log policy/kl even without a KL term (``log.ref_kl``)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any = None
+    reference: Any = None
+    autocast: Callable[[], AbstractContextManager] = nullcontext
+    chunk_size: int = 1024
     share_prompts: bool = True
-    """Log-prob passes run each distinct prompt once (``completion_logprobs(share_prompts=...)``)."""
+    log_ref_kl: bool = False
 
 
-def _micro(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
-    return list(rows.split(size))
+class TokenMeans:
+    """Token-weighted means over an update: a [B, T] statistic counts each valid token, a [B] one each response
+    with a valid token (and a [B] one can be narrowed further by its own mask)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, key: str, value: Tensor, mask: Tensor) -> None:
+        m = mask if value.shape == mask.shape else mask.any(-1)
+        self.sums[key] = self.sums.get(key, 0.0) + float(torch.where(m, value.detach().double(), 0.0).sum())
+        self.counts[key] = self.counts.get(key, 0) + int(m.sum())
+
+    def means(self) -> dict[str, float]:
+        """Each statistic's mean; one that never had a valid token is not reported."""
+        return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k]}
 
 
-def update_schedule(B: int, s: UpdateSettings, step: int) -> Iterator[list[torch.Tensor]]:
+# ----------------------------------------------------------------------------------------------
+# The schedule shared by the policy and the critic
+# ----------------------------------------------------------------------------------------------
+
+def update_schedule(B: int, s: Schedule, step: int) -> Iterator[list[Tensor]]:
     """The row indices of each optimiser step, as its micro-batches: ``num_iterations`` passes over the
     B rows, each split into ``mini_batches`` steps (rows shuffled by a generator seeded from the run seed,
     step and pass), each step split into micro-batches of ``micro_batch_size`` rows."""
@@ -55,7 +104,7 @@ def update_schedule(B: int, s: UpdateSettings, step: int) -> Iterator[list[torch
         g = torch.Generator().manual_seed(derive_seed(s.seed, "minibatch", step, it))
         order = torch.randperm(B, generator=g) if s.mini_batches > 1 else torch.arange(B)
         for mini in torch.tensor_split(order, s.mini_batches):
-            yield _micro(mini, s.micro_batch_size)
+            yield list(mini.split(s.micro_batch_size))
 
 
 def optimizer_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, finite: bool,
@@ -75,34 +124,66 @@ def optimizer_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Opti
     return grad_norm
 
 
-def _logprobs(model: torch.nn.Module, ro: Rollout, rows: torch.Tensor, chunk: int, *, entropy: bool = False,
-              autocast: Callable[[], AbstractContextManager] = nullcontext, share_prompts: bool = True):
+def optimize(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, scheduler: Any, B: int,
+             schedule: Schedule, step: int, losses_of: Callable[[list[Tensor]], Iterator[Tensor]],
+             times: dict[str, float] | None = None) -> dict[str, float]:
+    """Every optimiser step of the schedule over B rows: back-propagate each micro-batch loss that
+    ``losses_of(micro)`` yields (already divided by the step's normaliser), then clip and step. A non-finite
+    loss ends the step's accumulation and skips it. Returns the means over steps of the summed loss
+    (``loss``) and the gradient norm (``grad_norm``), and ``skipped_steps``; adds backward and optimiser
+    seconds to ``times``."""
+    times = times if times is not None else {}
+    step_losses, norms = [], []
+    for micro in update_schedule(B, schedule, step):
+        total = 0.0
+        for loss in losses_of(micro):
+            if not torch.isfinite(loss):
+                total = float("nan")
+                break
+            t = time.perf_counter()
+            loss.backward()
+            times["backward"] = times.get("backward", 0.0) + time.perf_counter() - t
+            total += float(loss.detach())
+        t = time.perf_counter()
+        norms.append(optimizer_step(params, optimizer, math.isfinite(total), schedule.max_grad_norm, scheduler))
+        times["optim"] = times.get("optim", 0.0) + time.perf_counter() - t
+        step_losses.append(total)
+    return {"loss": sum(step_losses) / len(step_losses), "grad_norm": sum(norms) / len(norms),
+            "skipped_steps": float(sum(not math.isfinite(n) for n in norms))}
+
+
+# ----------------------------------------------------------------------------------------------
+# Log-probs of a batch's rows
+# ----------------------------------------------------------------------------------------------
+
+def row_logprobs(policy: Policy, ro: Rollout, rows: Tensor, *, entropy: bool = False
+                 ) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(log-probs [b, T], entropy [b, T] or None, loss_mask [b, T]) of the given rows, T their longest length."""
     lengths = ro.lengths[rows]
     T = max(int(lengths.max()), 1)
-    device = next(model.parameters()).device
-    with autocast():
-        lp, ent = completion_logprobs(model, [ro.prompt_ids[i] for i in rows.tolist()],
+    device = next(policy.model.parameters()).device
+    with policy.autocast():
+        lp, ent = completion_logprobs(policy.model, [ro.prompt_ids[i] for i in rows.tolist()],
                                       ro.completion_ids[rows, :T].to(device), lengths.to(device),
-                                      chunk_size=chunk, with_entropy=entropy, share_prompts=share_prompts)
-    mask = torch.arange(T, device=device)[None, :] < lengths.to(device)[:, None]
-    return lp, ent, mask
+                                      chunk_size=policy.chunk_size, with_entropy=entropy,
+                                      share_prompts=policy.share_prompts)
+    return lp, ent, ro.loss_mask[rows, :T].to(device)
 
 
 @torch.no_grad()
-def frozen_logprobs(model, ro: Rollout, micro_batch_size: int, chunk_size: int, context=nullcontext,
-                    autocast=nullcontext, share_prompts: bool = True) -> list[torch.Tensor]:
-    """Log-probs of every row, micro-batch by micro-batch, without grad; a list indexed by row."""
-    out: list[torch.Tensor] = [None] * ro.lengths.shape[0]
-    rows = torch.arange(ro.lengths.shape[0])
+def frozen_logprobs(policy: Policy, ro: Rollout, micro_batch_size: int,
+                    context: Callable[[], AbstractContextManager] = nullcontext) -> list[Tensor]:
+    """Log-probs of every row without grad (under ``context``, e.g. the reference's), a list indexed by row."""
+    out: list[Tensor] = [None] * ro.lengths.shape[0]
     with context():
-        for mb in _micro(rows, micro_batch_size):
-            lp, _, _ = _logprobs(model, ro, mb, chunk_size, autocast=autocast, share_prompts=share_prompts)
+        for mb in torch.arange(ro.lengths.shape[0]).split(micro_batch_size):
+            lp, _, _ = row_logprobs(policy, ro, mb)
             for j, i in enumerate(mb.tolist()):
                 out[i] = lp[j]
     return out
 
 
-def gather_rows(per_row: list[torch.Tensor] | None, rows: torch.Tensor, T: int) -> torch.Tensor | None:
+def gather_rows(per_row: list[Tensor] | None, rows: Tensor, T: int) -> Tensor | None:
     """[len(rows), T] from per-row tensors (cut or zero-padded to T); None stays None."""
     if per_row is None:
         return None
@@ -113,20 +194,20 @@ def gather_rows(per_row: list[torch.Tensor] | None, rows: torch.Tensor, T: int) 
     return x
 
 
-def _behavior_logprobs(ro: Rollout, spec: losses.LossSpec, s: UpdateSettings) -> torch.Tensor | None:
-    """The sampler's log-probs [B, T] when the loss reads them (decoupled_ppo) or takes its ratio to them
-    (``old_logprobs="behavior"``); None otherwise. Missing ones are an error naming the cause."""
-    wanted = spec.needs_behavior_logprobs or (spec.needs_old_logprobs and s.old_logprobs == "behavior")
-    if not wanted:
+def behavior_logprobs(ro: Rollout, algo: Algorithm) -> Tensor | None:
+    """The sampler's log-probs [B, T] when the algorithm uses them (``sampler_logprobs``); None otherwise.
+    Missing ones are an error naming the cause."""
+    if not algo.sampler_logprobs:
         return None
     if ro.behavior_logprobs is None:
-        why = f"loss {s.loss!r}" if spec.needs_behavior_logprobs else f"algo.old_logprobs=behavior (loss {s.loss!r})"
-        raise ValueError(f"{why} needs the sampler's behaviour log-probs, but the rollout has none: sample "
-                         "with SamplingParams(logprobs=True)")
+        why = f"loss {algo.loss.name!r}" if algo.loss.needs_behavior_logprobs else \
+            f"algo.old_logprobs=behavior (loss {algo.loss.name!r})"
+        raise ValueError(f"{why} needs the sampler's behaviour log-probs, but the rollout has none: sample with "
+                         "SamplingParams(logprobs=True)")
     return ro.behavior_logprobs
 
 
-def step_group_tokens(batch: Batch, micro: list[torch.Tensor]) -> list[torch.Tensor]:
+def step_group_tokens(batch: Batch, micro: list[Tensor]) -> list[Tensor]:
     """Per micro-batch, each row's group token count over the whole optimiser step (``group_token_counts``);
     the batch is prompt-major, G = B / P rows per prompt."""
     B, P = batch.rollout.lengths.shape[0], len(batch.problems)
@@ -137,88 +218,85 @@ def step_group_tokens(batch: Batch, micro: list[torch.Tensor]) -> list[torch.Ten
     return list(tokens.split([len(mb) for mb in micro]))
 
 
-def update_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, batch: Batch,
-                  s: UpdateSettings, *, step: int, reference: Callable[[], AbstractContextManager] | None = None,
-                  log_ref_kl: bool = False, autocast: Callable[[], AbstractContextManager] = nullcontext
+# ----------------------------------------------------------------------------------------------
+# The policy update
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _Frozen:
+    """What the update reads besides the current policy: π_old, π_ref and π_b, per row, or None."""
+
+    old: list[Tensor] | None = None
+    ref: list[Tensor] | None = None
+    behavior: Tensor | None = None
+    meter: TokenMeans = field(default_factory=TokenMeans)
+    times: dict[str, float] = field(default_factory=dict)
+
+
+def update_policy(policy: Policy, batch: Batch, algo: Algorithm, schedule: Schedule, *, step: int
                   ) -> dict[str, float]:
-    """Train on one batch; returns loss/, policy/ and train/ metrics (means over optimiser steps)."""
-    spec = losses.spec(s.loss)
-    mode = s.aggregation or spec.default_aggregation
-    B = batch.rollout.lengths.shape[0]
-    updates = s.num_iterations * s.mini_batches
+    """Train on one batch; returns loss/, policy/, loss_stats/, train/ and perf/ metrics (means over steps)."""
+    ro, t0 = batch.rollout, time.perf_counter()
+    mbs = schedule.micro_batch_size
+    wants_ref = policy.reference is not None and (algo.kl_coef > 0 or policy.log_ref_kl)
+    f = _Frozen(old=frozen_logprobs(policy, ro, mbs) if algo.needs_frozen_old(schedule.updates) else None,
+                ref=frozen_logprobs(policy, ro, mbs, policy.reference.context) if wants_ref else None,
+                behavior=behavior_logprobs(ro, algo))
+    f.times["frozen"] = time.perf_counter() - t0
+    policy.model.train()
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    out = optimize(params, policy.optimizer, policy.scheduler, ro.lengths.shape[0], schedule, step,
+                   partial(_micro_losses, policy, batch, algo, f), f.times)
+    metrics = f.meter.means()
+    if metrics.get("policy/nll_pos", 0) > 0 and "policy/nll_neg" in metrics:
+        metrics["policy/nll_neg_over_pos"] = metrics["policy/nll_neg"] / metrics["policy/nll_pos"]
+    metrics.update({"loss/policy": out["loss"], "train/grad_norm": out["grad_norm"],
+                    "train/skipped_steps": out["skipped_steps"], "train/lr": policy.optimizer.param_groups[0]["lr"]})
+    metrics.update({f"perf/{k}_s": v for k, v in f.times.items()})
+    return metrics
+
+
+def _micro_losses(policy: Policy, batch: Batch, algo: Algorithm, f: _Frozen, micro: list[Tensor]
+                  ) -> Iterator[Tensor]:
+    """The loss of each micro-batch of one optimiser step, divided by the step's normaliser; NaN for a
+    micro-batch whose log-probs are not finite (the step is then skipped)."""
     ro = batch.rollout
-    behavior = _behavior_logprobs(ro, spec, s)
-    use_behavior_as_old = behavior is not None and not spec.needs_behavior_logprobs
-    needs_old = spec.needs_old_logprobs and updates > 1 and not use_behavior_as_old
-    old = frozen_logprobs(model, ro, s.micro_batch_size, s.chunk_size, autocast=autocast,
-                          share_prompts=s.share_prompts) if needs_old else None
-    want_ref = reference is not None and (s.kl_coef > 0 or log_ref_kl)
-    ref = frozen_logprobs(model, ro, s.micro_batch_size, s.chunk_size, reference, autocast, s.share_prompts) \
-        if want_ref else None
-    kl_fn = kl_estimators.get(s.kl_estimator)
-    params = [p for p in model.parameters() if p.requires_grad]
-    tok_sums: dict[str, float] = {}   # token-weighted statistics, over every pass
-    tok_counts: dict[str, int] = {}
-    step_losses, grad_norms, skipped = [], [], 0
+    group_tokens = step_group_tokens(batch, micro)
+    norm = losses.loss_normalizer([ro.loss_mask[mb] for mb in micro], algo.aggregation, max_tokens=algo.max_tokens,
+                                  group_tokens=group_tokens)
+    for mb, mb_group_tokens in zip(micro, group_tokens):
+        t = time.perf_counter()
+        lp, ent, mask = row_logprobs(policy, ro, mb, entropy=True)
+        if not torch.isfinite(lp.detach()[mask]).all():
+            yield torch.tensor(float("nan"))
+            return
+        T = mask.shape[1]
+        behavior = f.behavior[mb, :T].to(lp.device, lp.dtype) if f.behavior is not None else None
+        x = algo.loss_inputs(lp, batch.advantages[mb, :T].to(lp.device), mask, old=gather_rows(f.old, mb, T),
+                             behavior=behavior, ref=gather_rows(f.ref, mb, T))
+        per_token, stats = algo.loss.fn(x, **algo.loss_kwargs)
+        kl_tok = algo.kl(lp, x.ref_logprobs, loss_mask=mask) if x.ref_logprobs is not None else None
+        if kl_tok is not None and algo.kl_coef > 0:
+            per_token = per_token + algo.kl_coef * kl_tok
+        loss = losses.aggregate(per_token, mask, algo.aggregation, norm, group_tokens=mb_group_tokens)
+        f.times["forward"] = f.times.get("forward", 0.0) + time.perf_counter() - t
+        if torch.isfinite(loss):
+            _record(f.meter, x, ent, stats, kl_tok, behavior)
+        yield loss
 
-    def add_tokens(key: str, value: torch.Tensor, mask: torch.Tensor) -> None:
-        m = mask if value.shape == mask.shape else mask.any(-1)
-        tok_sums[key] = tok_sums.get(key, 0.0) + float(torch.where(m, value.detach().double(), 0.0).sum())
-        tok_counts[key] = tok_counts.get(key, 0) + int(m.sum())
 
-    model.train()
-    for micro in update_schedule(B, s, step):
-        masks = [ro.loss_mask[mb] for mb in micro]
-        group_tokens = step_group_tokens(batch, micro)
-        norm = losses.loss_normalizer(masks, mode, max_tokens=s.max_new_tokens, group_tokens=group_tokens)
-        finite, total = True, 0.0
-        for mb, mb_group_tokens in zip(micro, group_tokens):
-            lp, ent, mask = _logprobs(model, ro, mb, s.chunk_size, entropy=True, autocast=autocast,
-                                      share_prompts=s.share_prompts)
-            if not torch.isfinite(lp.detach()[mask]).all():
-                finite = False
-                break
-            T = mask.shape[1]
-            behav_mb = behavior[mb, :T].to(lp.device, lp.dtype) if behavior is not None else None
-            old_mb = behav_mb if use_behavior_as_old else gather_rows(old, mb, T) if old is not None else lp.detach()
-            ref_mb = gather_rows(ref, mb, T)
-            adv = batch.advantages[mb]
-            adv = adv[:, :T] if adv.dim() == 2 else adv  # per-token advantages (gae) are [B, T_batch]
-            x = losses.PolicyLossInputs(logprobs=lp, advantages=adv.to(lp.device),
-                                        loss_mask=mask, old_logprobs=old_mb, ref_logprobs=ref_mb,
-                                        behavior_logprobs=behav_mb if spec.needs_behavior_logprobs else None)
-            per_token, stats = spec.fn(x, **s.loss_kwargs)
-            if ref_mb is not None:
-                kl_tok = kl_fn(lp, ref_mb, loss_mask=mask)
-                add_tokens("policy/kl", kl_tok, mask)
-                if s.kl_coef > 0:
-                    per_token = per_token + s.kl_coef * kl_tok
-            loss = losses.aggregate(per_token, mask, mode, norm, group_tokens=mb_group_tokens)
-            if not torch.isfinite(loss):
-                finite = False
-                break
-            loss.backward()
-            total += float(loss.detach())
-            add_tokens("policy/entropy", ent, mask)
-            if behav_mb is not None:  # how far the policy has moved from the one that sampled (staleness drift):
-                # tokens come from π_b, so k3 with π_b as the sampling policy is unbiased for KL(π_b ‖ π_θ)
-                add_tokens("policy/behavior_kl", kl_estimators.get("k3")(behav_mb, lp.detach(), loss_mask=mask), mask)
-            nll, sign = losses.nll_by_advantage_sign(x)  # ASymPO's scale-imbalance diagnostic
-            add_tokens("policy/nll_pos", nll, mask & (sign > 0)[:, None])
-            add_tokens("policy/nll_neg", nll, mask & (sign < 0)[:, None])
-            for key, v in stats.items():
-                add_tokens(f"loss_stats/{key}", v, mask)
-        grad_norm = optimizer_step(params, optimizer, finite, s.max_grad_norm, scheduler)
-        skipped += not math.isfinite(grad_norm)
-        step_losses.append(total if finite else float("nan"))
-        grad_norms.append(grad_norm)
-    out = {k: tok_sums[k] / tok_counts[k] for k in tok_sums if tok_counts[k]}  # no count: not logged
-    out["loss/policy"] = sum(step_losses) / len(step_losses)
-    out["train/grad_norm"] = sum(grad_norms) / len(grad_norms)
-    out["train/skipped_steps"] = float(skipped)
-    if out.get("policy/nll_pos", 0) > 0 and "policy/nll_neg" in out:
-        out["policy/nll_neg_over_pos"] = out["policy/nll_neg"] / out["policy/nll_pos"]
-    if "loss_stats/clipped_low" in out and "loss_stats/clipped_high" in out:
-        out["policy/clip_frac"] = out["loss_stats/clipped_low"] + out["loss_stats/clipped_high"]
-    out["train/lr"] = optimizer.param_groups[0]["lr"]
-    return out
+def _record(meter: TokenMeans, x: losses.PolicyLossInputs, entropy: Tensor, stats: dict[str, Tensor],
+            kl_tok: Tensor | None, behavior: Tensor | None) -> None:
+    """One micro-batch's statistics: the loss's own (``loss_stats/``) and the policy diagnostics."""
+    mask = x.loss_mask
+    for key, value in stats.items():
+        meter.add(f"loss_stats/{key}", value, mask)
+    meter.add("policy/entropy", entropy, mask)
+    if kl_tok is not None:
+        meter.add("policy/kl", kl_tok, mask)
+    if behavior is not None:  # how far the policy has moved from the one that sampled (staleness drift):
+        # tokens come from π_b, so k3 with π_b as the sampling policy is unbiased for KL(π_b ‖ π_θ)
+        meter.add("policy/behavior_kl", kl_estimators.k3(behavior, x.logprobs.detach(), loss_mask=mask), mask)
+    nll, sign = losses.nll_by_advantage_sign(x)  # the scale-imbalance measure ℓ̄_neg/ℓ̄_pos (arXiv 2606.03070)
+    meter.add("policy/nll_pos", nll, mask & (sign > 0)[:, None])
+    meter.add("policy/nll_neg", nll, mask & (sign < 0)[:, None])
