@@ -747,3 +747,32 @@ def test_nll_by_advantage_sign_example_token_advantages_and_masked_garbage():
     adv = torch.tensor([[1.0, -3.0, 99.0], [0.5, 0.5, -0.5], [0.0, -9.0, 9.0]], dtype=torch.float64)
     _, sign = nll_by_advantage_sign(PolicyLossInputs(logprobs=lp, advantages=adv, loss_mask=mask))
     assert sign.tolist() == [-1.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean"])
+def test_decoupled_ppo_with_one_update_is_unclipped_behaviour_weighted_reinforce(mode):
+    """π_prox = π_θ (one optimiser step per batch: the update passes the current log-probs, detached, as
+    old_logprobs): u ≡ 1, the clip never acts, and the gradient equals ppo_clip's on the behaviour ratio with the
+    clip removed — not with the clip at 0.2, which bounds the drift from the sampler (docs/results.md)."""
+    g = torch.Generator().manual_seed(3)
+    lp = -1 - torch.rand(16, 12, generator=g, dtype=F64)
+    behav = lp + 0.5 * torch.randn(16, 12, generator=g, dtype=F64)
+    adv = torch.randn(16, generator=g, dtype=F64)
+    mask = torch.rand(16, 12, generator=g) < 0.8
+    mask[:, 0] = True
+
+    def grad(loss, old, **kw):
+        x = lp.clone().requires_grad_()
+        inputs = PolicyLossInputs(logprobs=x, advantages=adv, loss_mask=mask, old_logprobs=old,
+                                  behavior_logprobs=behav if loss == "decoupled_ppo" else None)
+        per_token, stats = losses.get(loss)(inputs, **kw)
+        (g,) = torch.autograd.grad(aggregate(per_token, mask, mode), x)
+        return g, stats
+
+    decoupled, stats = grad("decoupled_ppo", lp)
+    assert float(stats["clipped_low"].sum() + stats["clipped_high"].sum()) == 0.0
+    unclipped, _ = grad("ppo_clip", behav, clip_eps_low=1 - 1e-12, clip_eps_high=1e12)
+    torch.testing.assert_close(decoupled, unclipped, rtol=1e-12, atol=1e-15)
+    clipped, clip_stats = grad("ppo_clip", behav)
+    assert float((clip_stats["clipped_low"] + clip_stats["clipped_high"])[mask].mean()) > 0.1
+    assert float((decoupled - clipped).abs().max()) > 1e-3

@@ -291,7 +291,10 @@ def decoupled_ppo(x: PolicyLossInputs, *, clip_eps_low: float = 0.2, clip_eps_hi
     arXiv 2110.00641).
     Deviations: with ``behavior_weight_cap``, tokens whose w exceeds the cap are dropped (loss 0),
     as AReaL's ``behav_imp_weight_cap``; they still count in the aggregation's normaliser (the
-    caller's loss_mask is unchanged). Equals ppo_clip exactly when π_b = π_prox.
+    caller's loss_mask is unchanged). Equals ppo_clip exactly when π_b = π_prox. With one optimiser
+    step per batch π_prox = π_θ, so u ≡ 1 and the clip never acts: the loss is π_θ/π_b-weighted REINFORCE,
+    with no trust region around the sampler (on stale data prefer ppo_clip with the behaviour log-probs as
+    π_old; docs/results.md, "Why decoupled_ppo degrades under staleness").
     Example: A = 1, u = 1, π_prox/π_b = 2 -> L = −2, ∂L/∂log π = −2.
     """
     _check_clip(clip_eps_low, clip_eps_high, dual_clip)
