@@ -337,8 +337,9 @@ def test_a_registered_token_level_estimator_trains_a_critic_end_to_end(tmp_path,
     cfg = load_config(None, [*TINY, "steps=1", f"algo.advantage={name}", "algo.aggregation=token_mean",
                              "eval.at_start=false"])
     sync.train(cfg, run_dir=tmp_path / "r")
-    assert len(calls) == 1
-    kw = calls[0]
+    assert len(calls) == 2          # the check on one group of G before anything loads, then the step's batch
+    assert calls[0]["values"].shape == (cfg.rollout.group_size, 1)
+    kw = calls[1]
     assert kw["values"].shape == kw["loss_mask"].shape and kw["values"].shape[0] == 8
     assert torch.equal(kw["values"], torch.zeros_like(kw["values"]))  # the zero-initialised head
     rows = [r for r in read_metrics(tmp_path / "r") if "loss/policy" in r]
