@@ -349,7 +349,7 @@ def test_the_sampler_returns_log_probs_only_when_the_loss_reads_them():
     for loss, extra, want in [("ppo_clip", [], False), ("ppo_clip", ["algo.old_logprobs=behavior"], True),
                               ("decoupled_ppo", [], True), ("asympo", [], False), ("spo", [], False)]:
         cfg = load_config(None, [*TINY, f"algo.loss={loss}", *extra])
-        assert build.sampling_params(cfg).logprobs is want, loss
+        assert build.sampling_params(cfg, build.check_algorithm(cfg)).logprobs is want, loss
 
 
 def test_a_call_queued_while_the_sampler_fails_to_build_fails_at_once():

@@ -1,13 +1,21 @@
 """The trainer's parts, each against a hand-worked value or an independent oracle."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from rlvr import advantages
+from rlvr.config import load_config
+from rlvr.rewards.scoring import RewardSettings
 from rlvr.rewards.shaping import overlong_penalty
-from rlvr.trainer.batch import Collector, PromptStream, RewardSettings, batch_metrics, derive_seed
+from rlvr.seeding import derive_seed
+from rlvr.trainer.algorithm import Algorithm
+from rlvr.trainer.batch import PromptStream, batch_metrics, row_advantages
 from rlvr.trainer.build import lr_lambda
+from rlvr.trainer.sync import collect
 from rlvr.types import Problem, Rollout, SamplingParams
 
 
@@ -98,12 +106,17 @@ class ExactPool:
 
 
 def _collector(script, *, advantage="grpo", k=None, dynamic=False, rounds=0, ref_script=None, P=2, G=4, n=40):
-    return Collector(
-        stream=PromptStream(_problems(n), seed=0), encode=lambda p: list(p.prompt.encode()),
-        sampler=ScriptedSampler(script), pool=ExactPool(), params=SamplingParams(max_new_tokens=8),
-        group_size=G, prompts_per_step=P, rewards=RewardSettings(), advantage=advantage, advantage_kwargs={},
-        k=k, seed=0, dynamic_sampling=dynamic, max_refill_rounds=rounds,
-        ref_sampler=ScriptedSampler(ref_script) if ref_script else None)
+    """What ``sync.collect`` reads of a run, with a scripted sampler and an exact-match reward pool."""
+    cfg = load_config(None, [f"algo.advantage={advantage}", f"rollout.group_size={G}", f"rollout.prompts_per_step={P}",
+                             f"rollout.dynamic_sampling={str(dynamic).lower()}", f"rollout.max_refill_rounds={rounds}",
+                             "rollout.max_new_tokens=8", *([f"algo.k={k}"] if k else [])])
+    run = SimpleNamespace(cfg=cfg, algo=Algorithm.from_config(cfg), stream=PromptStream(_problems(n), seed=0),
+                          encode=lambda p: list(p.prompt.encode()), sampler=ScriptedSampler(script), pool=ExactPool(),
+                          sampling=SamplingParams(max_new_tokens=8), rewards=RewardSettings(),
+                          ref_sampler=ScriptedSampler(ref_script) if ref_script else None, ref_context=nullcontext,
+                          critic=None, policy=None)
+    run.collect = lambda step: collect(run, run.sampler, step)
+    return run
 
 
 def test_collector_advantages_come_from_the_registry():
@@ -113,7 +126,8 @@ def test_collector_advantages_come_from_the_registry():
     ids = [int(p.id.split("/")[1]) for p in batch.problems]
     expect = torch.tensor([[1.0 if j < i % 4 else 0.0 for j in range(4)] for i in ids], dtype=torch.float64)
     assert torch.equal(batch.scores.total.view(2, 4), expect)
-    assert torch.allclose(batch.advantages, advantages.grpo(expect).reshape(-1).float())
+    assert torch.allclose(row_advantages(batch).float(), advantages.grpo(expect).reshape(-1).float())
+    assert torch.equal(batch.advantages[~batch.rollout.loss_mask], torch.zeros(int((~batch.rollout.loss_mask).sum())))
     m = batch_metrics(batch)
     assert m["reward/mean"] == pytest.approx(float(expect.mean()))
     assert m["adv/frac_zero"] == pytest.approx(float((advantages.grpo(expect) == 0).double().mean()))
@@ -123,9 +137,9 @@ def test_collector_passes_k_and_requires_it():
     c = _collector(lambda i, j, s: str(i) if j == 0 else "x", advantage="maxpo", k=2)
     batch = c.collect(step=0)
     expect = advantages.maxpo(batch.scores.total.view(2, 4), k=2).reshape(-1).float()
-    assert torch.allclose(batch.advantages, expect)
+    assert torch.allclose(row_advantages(batch).float(), expect)
     with pytest.raises(ValueError, match="set algo.k"):
-        _collector(lambda i, j, s: "x", advantage="maxpo").collect(step=0)
+        _collector(lambda i, j, s: "x", advantage="maxpo")
 
 
 def test_dynamic_sampling_drops_zero_variance_groups_and_refills():
@@ -143,7 +157,7 @@ def test_dynamic_sampling_keeps_what_it_has_after_the_last_round():
     batch = c.collect(step=0)
     assert len(batch.problems) == 2
     assert batch.metrics["rollout/prompts_sampled"] == 2 + 2 + 2
-    assert torch.equal(batch.advantages, torch.zeros(8))
+    assert torch.equal(batch.advantages, torch.zeros(8, batch.rollout.completion_ids.shape[1]))
 
 
 def test_reference_samples_feed_aapo():
@@ -154,14 +168,9 @@ def test_reference_samples_feed_aapo():
     r = batch.scores.total.view(2, 4)
     r_ref = batch.ref_scores.total.view(2, 4)
     assert torch.equal(r_ref, torch.tensor([[0., 1., 0., 1.]] * 2, dtype=torch.float64))
-    assert torch.allclose(batch.advantages, advantages.aapo(r, ref_rewards=r_ref).reshape(-1).float())
-    assert batch.advantages.view(2, 4)[0].tolist() == pytest.approx([0.28, 0.0, 0.28, 0.0])
+    assert torch.allclose(row_advantages(batch).float(), advantages.aapo(r, ref_rewards=r_ref).reshape(-1).float())
+    assert row_advantages(batch).view(2, 4)[0].tolist() == pytest.approx([0.28, 0.0, 0.28, 0.0])
     assert c.ref_sampler.calls == 1
-
-
-def test_aapo_without_reference_sampler_is_an_error():
-    with pytest.raises(ValueError, match="needs reference samples"):
-        _collector(lambda i, j, s: "x", advantage="aapo").collect(step=0)
 
 
 def test_sampling_seed_depends_on_step_only():
@@ -180,7 +189,7 @@ def test_every_layer_imports_on_its_own():
     import sys
 
     mods = ["rlvr.eval", "rlvr.trainer.batch", "rlvr.rewards.scoring", "rlvr.trainer.step", "rlvr.trainer",
-            "rlvr.rollout.pool", "rlvr.trainer.async_"]
+            "rlvr.trainer.algorithm", "rlvr.trainer.sync", "rlvr.rollout.pool", "rlvr.trainer.async_"]
     code = "import importlib, sys; importlib.import_module(sys.argv[1])"
     for m in mods:
         res = subprocess.run([sys.executable, "-c", code, m], capture_output=True, text=True, timeout=120)
