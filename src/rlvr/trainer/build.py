@@ -110,18 +110,24 @@ def build_reference(cfg: TrainConfig, model: torch.nn.Module) -> Reference | Non
     return None
 
 
-GENERATED_DEFAULT_SIZE = 2000
-
-
 def build_problems(cfg: TrainConfig) -> tuple[list[Problem], list[Problem]]:
-    from rlvr.data import build_problems as load, split_problems
+    """(train, held-out) problems of ``cfg.data``; a generated source without ``data.size`` makes its
+    registered ``default_size``. Every verifier the problems name must be registered (checked here, before
+    the model loads)."""
+    from rlvr.data import build_problems as load, sources, split_problems
+    from rlvr.rewards import get_verifier
 
     d = cfg.data
-    generated = d.source == "arith" or d.source.startswith("rg:")
-    size = d.size if d.size is not None or not generated else GENERATED_DEFAULT_SIZE
+    entry, _ = sources.source(d.source)
+    size = entry.default_size if d.size is None and entry.generated else d.size
     problems = load(d.source, size=size, seed=d.seed, prompt_field=d.prompt_field, answer_field=d.answer_field,
                     template=d.template, verifier=d.verifier, **({"task_kwargs": d.task_kwargs} if d.task_kwargs
                                                                  else {}))
+    for name in dict.fromkeys(p.verifier for p in problems):
+        try:
+            get_verifier(name)
+        except ValueError as err:
+            raise ValueError(f"data.source={d.source} with data.verifier={d.verifier}: {err}") from None
     return split_problems(problems, eval_size=d.eval_size, seed=d.seed)
 
 
