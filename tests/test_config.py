@@ -1,10 +1,13 @@
 """Config: defaults, YAML files, dotted overrides, and errors that name the key."""
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 
 from rlvr import advantages, losses
-from rlvr.config import ConfigError, TrainConfig, dump_config, load_config, parse_override, to_dict
+from rlvr.config import (RENAMED, ConfigError, RayConfig, TrainConfig, VLLMConfig, dump_config, field_docs, load_config,
+                         parse_override, to_dict)
 
 CONFIGS = sorted(p for p in Path(__file__).resolve().parents[1].joinpath("configs").glob("*/*.yaml")
                  if p.parent.name != "sweeps")  # sweep files are rlvr sweep's (tests/test_sweep.py checks them)
@@ -115,3 +118,82 @@ def test_files_replace_mappings_and_dotted_overrides_merge_into_them(tmp_path):
 def test_a_dotted_override_replaces_a_whole_mapping_when_given_one():
     assert load_config(None, ["data.task_kwargs={}"]).data.task_kwargs == {}
     assert load_config(None, ["algo.loss_kwargs={clip_eps_high: 0.28}"]).algo.loss_kwargs == {"clip_eps_high": 0.28}
+
+
+# ----------------------------------------------------------------------------------------------
+# Every key documented; backend-only keys in their backend's section
+# ----------------------------------------------------------------------------------------------
+
+def _sections(cls: type = TrainConfig, prefix: str = ""):
+    """(dotted prefix, dataclass) for every section of the config tree, nested ones included."""
+    yield prefix, cls
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _sections(hints[f.name], f"{prefix}{f.name}.")
+
+
+def test_every_config_key_has_an_attribute_docstring():
+    sections = dict(_sections())
+    assert {"", "model.", "data.", "rollout.", "rollout.vllm.", "rollout.ray.", "algo.", "log."} <= set(sections)
+    undocumented = [prefix + f.name for prefix, cls in sections.items() for f in dataclasses.fields(cls)
+                    if not field_docs(cls).get(f.name, "").strip()]
+    assert undocumented == []
+
+
+def test_field_docs_reads_the_string_under_each_field_only():
+    @dataclasses.dataclass(frozen=True)
+    class Toy:
+        documented: int = 1
+        """Counts things,
+        in units of things."""
+        bare: int = 2
+        after: str = "x"
+        """About after."""
+
+    assert field_docs(Toy) == {"documented": "Counts things,\nin units of things.", "after": "About after."}
+    assert field_docs(RayConfig)["address"].startswith("None starts a local Ray")
+
+
+@pytest.mark.parametrize("old", sorted(RENAMED))
+def test_moved_keys_name_their_new_place(old, tmp_path):
+    with pytest.raises(ConfigError, match=f"unknown config key '{old}' \\(moved to rollout\\.(ray|vllm)\\."):
+        load_config(None, [f"{old}=1"])
+    section, key = old.split(".")
+    f = tmp_path / "old.yaml"
+    f.write_text(f"{section}:\n  {key}: 1\n")
+    with pytest.raises(ConfigError, match=f"'{old}' \\(moved to .*old.yaml"):
+        load_config(f)
+
+
+def test_backend_sections_take_dotted_overrides_and_yaml(tmp_path):
+    cfg = load_config(None, ["rollout.ray.address=auto", "rollout.ray.threads_per_worker=2",
+                             "rollout.vllm.engine_kwargs.seed=3", "rollout.vllm.enforce_eager=true"])
+    assert cfg.rollout.ray == RayConfig(address="auto", cpus_per_worker=1.0, threads_per_worker=2)
+    assert cfg.rollout.vllm == VLLMConfig(enforce_eager=True, engine_kwargs={"seed": 3})
+    f = tmp_path / "r.yaml"
+    f.write_text("rollout:\n  backend: ray\n  ray:\n    cpus_per_worker: 0.5\n")
+    cfg = load_config(f, ["rollout.ray.address=host:6379"])
+    assert (cfg.rollout.backend, cfg.rollout.ray.cpus_per_worker, cfg.rollout.ray.address) == ("ray", 0.5, "host:6379")
+    dump_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+    for override, fragment in [("rollout.ray.adress=x", "unknown config key 'rollout.ray.adress'; valid keys of "
+                                                         "rollout.ray: address, cpus_per_worker, threads_per_worker"),
+                               ("rollout.vllm.gpu_memory_utilization=1.5",
+                                "rollout.vllm.gpu_memory_utilization must be in (0, 1], got 1.5"),
+                               ("rollout.ray.cpus_per_worker=0", "rollout.ray.cpus_per_worker must be > 0"),
+                               ("rollout.ray=3", "rollout.ray must be a mapping of RayConfig fields")]:
+        with pytest.raises(ConfigError) as e:
+            load_config(None, [override])
+        assert fragment in str(e.value)
+
+
+def test_vllm_section_defaults_are_the_samplers_own():
+    import inspect
+
+    from rlvr.rollout.vllm import VLLMSampler
+
+    params = inspect.signature(VLLMSampler.__init__).parameters
+    for f in dataclasses.fields(VLLMConfig):
+        if f.name != "engine_kwargs":
+            assert params[f.name].default == f.default, f.name

@@ -137,7 +137,8 @@ def test_rg_template_and_verifier_override():
     (dict(), "needs size="),
     (dict(size=0), "positive int"),
     (dict(size=3, task_kwargs={"seed": 1}), r"\['seed'\]"),
-    (dict(size=3, prompt_field="question"), "apply to files"),
+    (dict(size=3, prompt_field="question"), r"apply to sources with row fields \(a .jsonl or .parquet file\), "
+                                            r"not to 'rg:chain_sum'"),
     (dict(size=3, verifier=""), "verifier"),
 ])
 def test_rg_bad_options(kwargs, match):

@@ -283,8 +283,8 @@ def test_async_trainer_on_ray_trains_and_survives_a_killed_worker(ray_runtime, t
     monkeypatch.setattr(async_, "worker_pool", capture)
     monkeypatch.setattr(async_, "update_policy", update_then_kill)
     cfg = load_config(None, [*TINY, "steps=4", "trainer=async", "rollout.backend=ray", "rollout.max_staleness=1",
-                             "algo.loss=asympo", "eval.at_start=false", "rollout.worker_threads=1",
-                             f"rollout.worker_cpus={ACTOR_CPUS}"])
+                             "algo.loss=asympo", "eval.at_start=false", "rollout.ray.threads_per_worker=1",
+                             f"rollout.ray.cpus_per_worker={ACTOR_CPUS}"])
     async_.train(cfg, run_dir=tmp_path / "r")
     rows = [r for r in read_metrics(tmp_path / "r") if "loss/policy" in r]
     assert len(rows) == 4 and all(math.isfinite(r["loss/policy"]) for r in rows)

@@ -424,11 +424,12 @@ def test_async_trainer_with_the_vllm_engine_publishes_merged_weights(tmp_path, m
                              "rollout.group_size=4", "rollout.max_new_tokens=8", "reward.num_workers=0",
                              "log.progress=false", "log.tensorboard=false", "eval.at_start=false", "steps=3",
                              "trainer=async", "rollout.engine=vllm", "rollout.max_staleness=0",
-                             "rollout.vllm_kwargs={gpu_memory_utilization: 0.3}"])
+                             "rollout.vllm.gpu_memory_utilization=0.3", "rollout.vllm.engine_kwargs.seed=7"])
     train(cfg, run_dir=tmp_path / "r")
     assert len(_FakeVLLMSampler.built) == 1
     fake = _FakeVLLMSampler.built[0]
-    assert fake.model_dir == str(TINY_ARITH_DIR) and fake.kwargs == {"gpu_memory_utilization": 0.3}
+    assert fake.model_dir == str(TINY_ARITH_DIR)
+    assert fake.kwargs == {"gpu_memory_utilization": 0.3, "max_model_len": None, "enforce_eager": False, "seed": 7}
     base_names = sorted(n for n, _ in load_model("tiny-arith")[0].named_parameters())
     versions = [v for v, _ in fake.loaded]
     assert versions[:2] == [1, 2] and versions == sorted(versions)

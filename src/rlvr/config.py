@@ -14,13 +14,16 @@ written to the run directory as ``config.yaml`` and is enough to reproduce or re
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import re
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -40,12 +43,18 @@ class ModelConfig:
     autocast_bf16: bool = False
     """Run forward passes under bf16 autocast (GPU); log-prob heads stay in fp32."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of storing them (non-reentrant): less memory, about
+    one extra forward of time."""
     lora: bool = True
     """Train LoRA adapters (PEFT) instead of all weights."""
     lora_rank: int = 16
+    """r: rank of each LoRA adapter (A is r × d_in, B is d_out × r)."""
     lora_alpha: int = 32
+    """α: the adapter's update B·A is scaled by α / r."""
     lora_dropout: float = 0.0
+    """Dropout on the adapters' input, in [0, 1) (0 = none)."""
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """Names of the linear layers that get adapters (matched against module-name suffixes)."""
     cache_dir: str | None = None
     """Where converted presets are cached (default $RLVR_CACHE or ~/.cache/rlvr)."""
     system_prompt: str | None = None
@@ -77,20 +86,27 @@ MAIN_JOB_TASK = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "rg:basic_arithmetic"
-    """rg:<reasoning-gym task>, arith (synthetic, for tiny models), or a .jsonl / .parquet path."""
+    """A registered data source (rlvr.data.sources): rg:<reasoning-gym task>, arith (synthetic, for tiny models),
+    champ, a .jsonl / .parquet path, or the import path module:function of a registered loader."""
     size: int | None = None
-    """Problems generated (rg:, arith; None = 2000) or read (files; None = all rows)."""
+    """Problems generated (generated sources; None = the source's default_size, 2000 for rg: and arith) or read
+    (the others; None = all of them)."""
     eval_size: int = 100
     """Held-out problems, split off deterministically before training."""
     seed: int = 0
+    """Seed of problem generation (generated sources) and of the train / held-out split; apart from the run seed."""
     task_kwargs: dict[str, Any] = field(default_factory=lambda: dict(MAIN_JOB_TASK))
-    """Keyword arguments of the task generator (reasoning-gym's difficulty knobs; default: one-digit ±)."""
+    """Options of sources that take them: reasoning-gym's difficulty knobs, arith's ArithSpec knobs, champ's
+    category (default: the main job's two-term addition of one- or two-digit numbers)."""
     prompt_field: str = "prompt"
+    """Row field holding the prompt (sources with row fields: files)."""
     answer_field: str = "answer"
+    """Row field holding the gold answer (sources with row fields: files)."""
     template: str = "{prompt}"
     """Prompt template (str.format over the row; {prompt} is the prompt field)."""
     verifier: str | None = "int_last"
-    """Verifier name (math, int, int_last, or module:function); None: the task's default."""
+    """Verifier for every problem (math, int, int_last, a registered name, or module:function); None: the
+    source's default."""
 
     def __post_init__(self) -> None:
         _positive(self, "eval_size")
@@ -99,16 +115,59 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class VLLMConfig:
+    """Settings read only by ``rollout.engine=vllm`` (rlvr.rollout.vllm.VLLMSampler; defaults are its own)."""
+
+    gpu_memory_utilization: float = 0.5
+    """Fraction of each GPU's memory vLLM may take for weights and KV cache, in (0, 1]."""
+    max_model_len: int | None = None
+    """Longest prompt + completion in tokens the engine plans for (None: the model's own limit)."""
+    enforce_eager: bool = False
+    """Run without CUDA graphs (starts faster, samples slower)."""
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Any other ``vllm.LLM`` argument (seed, tensor_parallel_size, ...)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got "
+                              f"{self.gpu_memory_utilization}")
+        if self.max_model_len is not None:
+            _positive(self, "max_model_len")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Settings read only by ``rollout.backend=ray`` (rlvr.rollout.ray_backend.RayBackend)."""
+
+    address: str | None = None
+    """None starts a local Ray; "auto" or host:port joins a running cluster, ray://host:10001 through its client."""
+    cpus_per_worker: float = 1.0
+    """CPUs Ray reserves for each rollout actor (> 0)."""
+    threads_per_worker: int | None = None
+    """torch threads in each rollout actor (None: Ray's default, one per reserved CPU)."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "cpus_per_worker")
+        if self.threads_per_worker is not None:
+            _positive(self, "threads_per_worker")
+
+
+@dataclass(frozen=True)
 class RolloutConfig:
     prompts_per_step: int = 8
+    """P: prompts sampled per training step (each gets group_size completions)."""
     group_size: int = 8
     """G: samples per prompt."""
     temperature: float = 0.7
+    """Sampling temperature of training rollouts (0 = greedy)."""
     top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p, in (0, 1] (1 = off)."""
     max_new_tokens: int = 32
+    """Most tokens a completion may have; a longer one is cut (finish reason "length")."""
     stop: tuple[str, ...] = ()
+    """Stop strings: a completion ends with the token that completes one (kept in the completion)."""
     max_batch_size: int = 64
-    """Rows generated together."""
+    """Rows the HF sampler generates together."""
     dynamic_sampling: bool = False
     """DAPO: drop groups whose rewards are all equal and sample more prompts to refill."""
     max_refill_rounds: int = 3
@@ -117,12 +176,16 @@ class RolloutConfig:
     """Async trainer: a batch sampled with weights more than this many learner steps old is never trained on
     (dropped and counted), and generation waits rather than run further ahead (0 = synchronous)."""
     engine: str = "hf"
-    """Async trainer: what samples on the rollout workers, hf (HFSampler, CPU or GPU) or vllm (VLLMSampler;
-    pip install 'rlvr[vllm]', CUDA GPUs; workers get the learner's LoRA-merged full weights each version)."""
-    vllm_kwargs: dict[str, Any] = field(default_factory=dict)
-    """engine=vllm: keyword arguments of VLLMSampler (gpu_memory_utilization, max_model_len, enforce_eager, ...)."""
+    """Async trainer: what samples on the rollout workers, a registered engine (rlvr.rollout.engines) or its
+    module:function: hf (HFSampler, CPU or GPU) or vllm (VLLMSampler, settings in rollout.vllm; pip install
+    'rlvr[vllm]', CUDA GPUs; workers get the learner's LoRA-merged full weights each version)."""
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    """engine=vllm: the vLLM engine's settings."""
     backend: str = "thread"
-    """Async trainer: where rollout workers run, thread (in this process) or ray (actors; local or a cluster)."""
+    """Async trainer: where rollout workers run, a registered backend (rlvr.rollout.backends) or its
+    module:function: thread (in this process) or ray (actors; local or a cluster; settings in rollout.ray)."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """backend=ray: where the Ray actors run and how large they are."""
     num_workers: int = 1
     """Async trainer: rollout workers; each step's prompts are split into this many shards."""
     worker_timeout_s: float = 600.0
@@ -130,24 +193,18 @@ class RolloutConfig:
     prompts re-issued."""
     max_worker_restarts: int = 3
     """Restarts one generate call may spend before the run fails."""
-    ray_address: str | None = None
-    """backend=ray: None starts a local Ray; "auto" or host:port joins a running cluster."""
-    worker_threads: int | None = None
-    """backend=ray: torch threads in each rollout actor (None: Ray's default, one per reserved CPU)."""
-    worker_cpus: float = 1.0
-    """backend=ray: CPUs Ray reserves for each rollout actor."""
 
     def __post_init__(self) -> None:
-        _positive(self, "prompts_per_step", "group_size", "max_new_tokens", "max_batch_size", "num_workers")
-        _one_of(self, "backend", ("thread", "ray"))
-        _one_of(self, "engine", ("hf", "vllm"))
+        _positive(self, "prompts_per_step", "group_size", "max_new_tokens", "max_batch_size", "num_workers",
+                  "worker_timeout_s")
+        from rlvr.rollout import backends, engines  # light: registries only, no torch
+
+        _registered(self, "engine", engines.engine)
+        _registered(self, "backend", backends.backend)
         if self.max_refill_rounds < 0 or self.max_staleness < 0 or self.max_worker_restarts < 0:
             raise ConfigError("rollout.max_refill_rounds, rollout.max_staleness and rollout.max_worker_restarts "
                               f"must be >= 0, got {self.max_refill_rounds}, {self.max_staleness}, "
                               f"{self.max_worker_restarts}")
-        if not self.worker_timeout_s > 0 or not self.worker_cpus > 0:
-            raise ConfigError(f"rollout.worker_timeout_s and rollout.worker_cpus must be > 0, got "
-                              f"{self.worker_timeout_s}, {self.worker_cpus}")
 
 
 @dataclass(frozen=True)
@@ -173,15 +230,19 @@ class AlgoConfig:
     advantage: str = "grpo"
     """Advantage estimator (rlvr list shows them) or module:function."""
     advantage_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the estimator (e.g. {scale_by_std: false} for grpo, {baseline: loo} for pkpo)."""
     k: int | None = None
     """max@k / pass@k order for estimators that take k (pkpo, maxpo, passk_training)."""
     loss: str = "ppo_clip"
+    """Policy loss (rlvr list shows them) or module:function."""
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the loss (e.g. {clip_eps_high: 0.28} for ppo_clip)."""
     aggregation: str | None = None
     """Loss aggregation; None: the loss's own default."""
     kl_coef: float = 0.0
     """β of the KL penalty to the reference model (0 = no KL term, no reference forward)."""
     kl_estimator: str = "k3"
+    """Per-token estimator of KL(π_θ ‖ π_ref) for kl_coef and reward_kl_coef: k1, k2 or k3 (rlvr.kl)."""
     num_iterations: int = 1
     """Passes over each batch (μ); old log-probs are then computed once per batch."""
     mini_batches: int = 1
@@ -227,11 +288,15 @@ class CriticConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     lr: float = 5e-4
+    """AdamW learning rate of the policy (peak, after warmup)."""
     weight_decay: float = 0.0
+    """AdamW decoupled weight decay (0 = none)."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (β1, β2)."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0 = off); a non-finite norm skips the step."""
     warmup_steps: int = 0
+    """Optimiser steps over which the learning rate rises linearly to lr (0 = no warmup)."""
     schedule: str = "constant"
     """constant or cosine (to 10% of lr at the last step)."""
 
@@ -252,6 +317,7 @@ class EvalConfig:
     max_new_tokens: int | None = None
     """None: rollout.max_new_tokens."""
     at_start: bool = True
+    """Also evaluate before the first step (the baseline the end-of-run accuracy is compared with)."""
 
     def __post_init__(self) -> None:
         _positive(self, "n")
@@ -272,7 +338,9 @@ class LogConfig:
     checkpoint_every: int = 0
     """Checkpoint every N steps (0: only at the end)."""
     keep_checkpoints: int = 2
+    """Checkpoints kept on disk, the newest ones (0 = keep all)."""
     tensorboard: bool = True
+    """Also write TensorBoard event files (metrics.jsonl is always written)."""
     ref_kl: bool = False
     """Log policy/kl to the reference model when it costs no extra weights (LoRA) or is loaded anyway."""
     progress: bool = True
@@ -282,25 +350,39 @@ class LogConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 14
+    """Training steps: each samples prompts_per_step × group_size completions and updates the policy
+    (num_iterations × mini_batches optimiser steps)."""
     seed: int = 0
+    """Run seed: LoRA initialisation, prompt order, sampling (every seed is derived from it and the step)."""
     trainer: str = "sync"
     """sync (sample, then train, one batch per step) or async (generation overlaps training; rollout.max_staleness)."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy model: preset, dtype, device, LoRA."""
     data: DataConfig = field(default_factory=DataConfig)
+    """The problems: source, size, held-out split, prompt template, verifier."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Sampling: group size, temperature, token budget; the async trainer's workers, engine and backend."""
     reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward shaping and the verifier worker processes."""
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    """The algorithm: advantage estimator, policy loss, aggregation, KL, update schedule."""
     critic: CriticConfig = field(default_factory=CriticConfig)
+    """The value model, for estimators that need values (gae)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    """The policy's AdamW optimiser and learning-rate schedule."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """Held-out evaluation during the run."""
     log: LogConfig = field(default_factory=LogConfig)
+    """Run directory, logs, completions, checkpoints."""
 
     def __post_init__(self) -> None:
         _positive(self, "steps")
         _one_of(self, "trainer", ("sync", "async"))
-        if self.rollout.engine == "vllm" and self.trainer != "async":
-            raise ConfigError("rollout.engine=vllm samples on rollout workers: it needs trainer=async "
-                              "(rollout.max_staleness=0 is the synchronous schedule)")
+        from rlvr.rollout.engines import engine
+
+        if engine(self.rollout.engine).async_only and self.trainer != "async":
+            raise ConfigError(f"rollout.engine={self.rollout.engine} samples on rollout workers: it needs "
+                              "trainer=async (rollout.max_staleness=0 is the synchronous schedule)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,8 +411,36 @@ def _positive(obj: object, *names: str) -> None:
             raise ConfigError(f"{_key(obj, name)} must be > 0, got {getattr(obj, name)!r}")
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig, "reward": RewardConfig,
-             "algo": AlgoConfig, "critic": CriticConfig, "optim": OptimConfig, "eval": EvalConfig, "log": LogConfig}
+def _registered(obj: object, name: str, lookup: Callable[[str], Any]) -> None:
+    """The value names a registry entry (``lookup``: a registered name or the import path of a registered
+    function); the registry's error, which lists the valid names, is prefixed with the key."""
+    try:
+        lookup(getattr(obj, name))
+    except ValueError as err:
+        raise ConfigError(f"{_key(obj, name)}: {err}") from None
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig, "rollout.vllm": VLLMConfig,
+             "rollout.ray": RayConfig, "reward": RewardConfig, "algo": AlgoConfig, "critic": CriticConfig,
+             "optim": OptimConfig, "eval": EvalConfig, "log": LogConfig}
+
+RENAMED = {"rollout.vllm_kwargs": "rollout.vllm.engine_kwargs (or rollout.vllm.gpu_memory_utilization, "
+                                  "rollout.vllm.max_model_len, rollout.vllm.enforce_eager)",
+           "rollout.ray_address": "rollout.ray.address", "rollout.worker_cpus": "rollout.ray.cpus_per_worker",
+           "rollout.worker_threads": "rollout.ray.threads_per_worker"}
+"""Keys that moved, old -> new: an unknown-key error for an old key names its new place."""
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstring of each field of the dataclass ``cls`` (the string literal right under the field
+    in the class body), by field name; fields without one are absent."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -399,8 +509,9 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in values if k not in names]
     if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown config key '{where}{unknown[0]}'; valid keys{' of ' + prefix if prefix else ''}: "
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        moved = f" (moved to {RENAMED[key]})" if key in RENAMED else ""
+        raise ConfigError(f"unknown config key '{key}'{moved}; valid keys{' of ' + prefix if prefix else ''}: "
                           f"{', '.join(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
     try:

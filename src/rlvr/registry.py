@@ -68,6 +68,10 @@ class Registry(Generic[E]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def __contains__(self, name: object) -> bool:
+        """Whether ``name`` is a registered name (import paths are not names)."""
+        return name in self._entries
+
     def entry(self, name: str) -> E:
         """The entry for ``name``, or for the function an import path 'module:function' names (importing
         its module runs its ``register`` decorator); the path of a registered function gives its entry."""

@@ -17,6 +17,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from rlvr.data import sources
 from rlvr.data.base import DataError
 from rlvr.types import Problem
 
@@ -77,6 +78,13 @@ def arith_problems(size: int, seed: int = 0, **knobs: object) -> list[Problem]:
             return problems
     raise DataError(f"arith with {spec} gave only {len(problems)} distinct problems, {size} asked for; "
                     "widen the knobs (more terms, larger max_operand) or ask for fewer")
+
+
+@sources.register("arith", generated=True, default_size=sources.GENERATED_SIZE, takes_task_kwargs=True,
+                  default_verifier="int")
+def arith_source(*, size: int, seed: int, task_kwargs: dict[str, object]) -> list[Problem]:
+    """The ``arith`` data source: ``arith_problems`` with ``task_kwargs`` as its ArithSpec knobs."""
+    return arith_problems(size, seed, **task_kwargs)
 
 
 def _draw(rng: random.Random, spec: ArithSpec) -> tuple[list[int] | None, list[str]]:

@@ -8,6 +8,9 @@ Answers are LaTeX or free-form text ("x=2, y=1", "2^n/(n+1)"), so problems are c
 """
 from __future__ import annotations
 
+from typing import Any
+
+from rlvr.data import sources
 from rlvr.data.base import DataError
 from rlvr.types import Problem
 
@@ -35,3 +38,12 @@ def champ_problems(size: int | None = None, *, category: str | None = None) -> l
         problems.append(Problem(prompt=p.text.strip(), answer=p.answer.strip(), verifier="math",
                                 id=f"champ/{p.identifier}"))
     return problems
+
+
+@sources.register("champ", takes_task_kwargs=True, default_verifier="math")
+def champ_source(*, size: int | None, task_kwargs: dict[str, Any]) -> list[Problem]:
+    """The ``champ`` data source: ``task_kwargs={"category": "Sequence"}`` keeps one category."""
+    extra = sorted(set(task_kwargs) - {"category"})
+    if extra:
+        raise DataError(f"champ takes only task_kwargs 'category', got {extra}")
+    return champ_problems(size, category=task_kwargs.get("category"))

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rlvr.data import sources
 from rlvr.data.base import DataError, render_prompt
 from rlvr.types import Problem
 
@@ -19,8 +20,9 @@ SUFFIXES = (".jsonl", ".parquet")
 MAX_LISTED = 20
 
 
-def file_problems(path: str | Path, *, size: int | None, prompt_field: str, answer_field: str,
-                  template: str, verifier: str) -> list[Problem]:
+@sources.register("file", argument="path", suffixes=SUFFIXES, row_fields=True, default_verifier="math")
+def file_problems(path: str | Path, *, size: int | None, prompt_field: str = "prompt", answer_field: str = "answer",
+                  template: str = "{prompt}", verifier: str = "math") -> list[Problem]:
     """Problems from a .jsonl or .parquet file.
 
     prompt = ``template.format(**row, prompt=row[prompt_field])`` (so ``{prompt}`` is the prompt field's

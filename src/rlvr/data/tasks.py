@@ -20,6 +20,7 @@ import operator
 from fractions import Fraction
 from typing import Any, Callable
 
+from rlvr.data import sources
 from rlvr.data.base import DataError, verifier_for_answer
 from rlvr.types import Problem
 
@@ -74,6 +75,7 @@ def _expression_gold_ok(item: dict[str, Any]) -> bool:
 _GOLD_CHECKS: dict[str, Callable[[dict[str, Any]], bool]] = {"basic_arithmetic": _expression_gold_ok}
 
 
+@sources.register("rg", argument="task", generated=True, default_size=sources.GENERATED_SIZE, takes_task_kwargs=True)
 def rg_problems(task: str, *, size: int, seed: int, task_kwargs: dict[str, Any] | None = None) -> list[Problem]:
     """``size`` reasoning-gym problems of ``task``: prompt = question, answer = gold, id ``"<task>/<index>"``.
 

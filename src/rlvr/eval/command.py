@@ -72,26 +72,28 @@ def load_target(t: Target, device: str) -> tuple[Any, Any]:
 
 
 def dataset_problems(spec: str, t: Target, args: argparse.Namespace) -> list[Problem]:
-    """The problems of one ``--data`` entry."""
-    from rlvr.data import build_problems
+    """The problems of one ``--data`` entry: ``heldout`` or a registered data source (``rlvr.data.sources``);
+    options a source does not take (row fields, task kwargs) are left out rather than refused."""
+    from rlvr.data import build_problems, sources
     from rlvr.trainer import build
 
     if spec == "heldout":
         heldout = build.build_problems(t.cfg)[1]
         return heldout if args.size is None else heldout[:args.size]
-    generated = spec == "arith" or spec.startswith("rg:")
+    entry, _ = sources.source(spec)
     kwargs = json.loads(args.task_kwargs) if args.task_kwargs else None
-    files = spec.endswith((".jsonl", ".parquet"))
-    fields = {"prompt_field": args.prompt_field, "answer_field": args.answer_field} if files else {}
-    problems = build_problems(spec, size=(args.size or 100) if generated else None, seed=args.data_seed,
+    fields = {"prompt_field": args.prompt_field, "answer_field": args.answer_field} if entry.row_fields else {}
+    problems = build_problems(spec, size=(args.size or 100) if entry.generated else None, seed=args.data_seed,
                               template=args.template, verifier=args.verifier, **fields,
-                              **({"task_kwargs": kwargs} if kwargs and not files else {}))
-    return problems if generated or args.size is None else problems[:args.size]
+                              **({"task_kwargs": kwargs} if kwargs and entry.takes_task_kwargs else {}))
+    return problems if entry.generated or args.size is None else problems[:args.size]
 
 
 def slug(spec: str) -> str:
-    """A directory name for a dataset spec: ``rg:basic_arithmetic`` -> ``rg_basic_arithmetic``."""
-    name = Path(spec).stem if spec.endswith((".jsonl", ".parquet")) else spec
+    """A directory name for a dataset spec: ``rg:basic_arithmetic`` -> ``rg_basic_arithmetic``, a file -> its stem."""
+    from rlvr.data import sources
+
+    name = Path(spec).stem if spec.lower().endswith(sources.suffixes()) else spec
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "data"
 
 

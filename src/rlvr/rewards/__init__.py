@@ -1,7 +1,8 @@
 """Rewards: answer extraction, verifiers and a crash-proof process pool to run them.
 
   extract     find_answer / extract_answer / format_score: the final answer of a completion
-  verifiers   VerifyResult, verify_math (math-verify), verify_int (exact integer), verify_int_last (lenient), VERIFIERS registry
+  verifiers   VerifyResult, verify_math (math-verify), verify_int (exact integer), verify_int_last (lenient),
+              the VERIFIERS registry and its ``register`` decorator
   pool        RewardPool: verifiers in worker processes with a per-item timeout
   shaping     reward shaping terms (torch); not imported here, so workers never import torch
 

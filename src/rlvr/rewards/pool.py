@@ -19,8 +19,9 @@ An item's clock starts when its worker can start it (sent to an idle worker, or 
 read), so a timeout or a crash pins down exactly one item; the others queued on that worker go back
 to the front of the batch's queue unscored.
 Verifiers are looked up by name inside the worker (registry names and "module:function" paths; the
-worker inherits the parent's sys.path). Identical (verifier, completion, gold) items in one batch are
-scored once. Results keep the input order.
+worker inherits the parent's sys.path); a verifier registered outside rlvr is sent as the import path of
+its function (``verifiers.portable_name``), whose import registers it in the worker. Identical (verifier,
+completion, gold) items in one batch are scored once. Results keep the input order.
 
 Start method: "forkserver" by default. fork is unsafe in a trainer that already runs torch's
 thread pools (and forked siblings would inherit each other's pipes). spawn starts a fresh interpreter
@@ -52,7 +53,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Sequence
 
-from rlvr.rewards.verifiers import VerifyResult, get_verifier, verify_math
+from rlvr.rewards.verifiers import VerifyResult, get_verifier, portable_name, verify_math
 
 __all__ = ["RewardPool", "RewardPoolError"]
 
@@ -295,8 +296,8 @@ class RewardPool:
             if not all(isinstance(x, str) for x in key):
                 raise ValueError(f"score: item {i} must be three strings (verifier, completion, gold), "
                                  f"got {tuple(type(x).__name__ for x in key)}")
-        for name in dict.fromkeys(verifiers):
-            get_verifier(name)  # fail fast on a typo, in the caller's process
+        # Fail fast on a typo, in the caller's process; workers get names they can resolve (portable_name).
+        wire = {name: portable_name(name) for name in dict.fromkeys(verifiers)}
         unique = list(dict.fromkeys(keys))
         with self._lock:
             if self._closed:
@@ -305,7 +306,7 @@ class RewardPool:
             if self.num_workers == 0:
                 results, errors = self._run_here(unique)
             else:
-                results, errors = self._run_workers(unique)
+                results, errors = self._run_workers([(wire[n], c, g) for n, c, g in unique])
         if errors:
             i, text = errors[0]
             name, completion, gold = unique[i]

@@ -1,4 +1,9 @@
-r"""Verifiers: ``(completion, gold) -> VerifyResult``, and the VERIFIERS registry ("math", "int").
+r"""Verifiers: ``(completion, gold) -> VerifyResult``, and the VERIFIERS registry ("math", "int", "int_last").
+
+A verifier is registered with the decorator in its own module, ``@rlvr.rewards.verifiers.register("name")``
+(no facts: scoring calls every verifier the same way), and named in a config by that name or by its import
+path ``module:function``; an unregistered function is also accepted by import path. Reward worker processes
+resolve a registered name through ``portable_name``, so a verifier registered outside rlvr reaches them too.
 
 A verifier extracts the final answer from the completion (rlvr.rewards.extract) and checks it
 against the gold answer. It is pure and raises only for bad *gold* data (ValueError naming it); a
@@ -51,7 +56,7 @@ from rlvr.registry import Registry
 from rlvr.rewards.extract import extract_answer, strip_math_delimiters
 
 __all__ = ["VerifyResult", "verify_math", "verify_int", "verify_int_last", "math_text", "parse_int", "VERIFIERS",
-           "get_verifier", "MATH_BUDGET_S"]
+           "get_verifier", "register", "portable_name", "MATH_BUDGET_S"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +75,9 @@ class VerifyResult:
 
 
 Verifier = Callable[[str, str], VerifyResult]
+
+VERIFIERS: Registry[Verifier] = Registry("verifier", decorator="rlvr.rewards.verifiers.register")
+register = VERIFIERS.register  # decorator: register(name); the function is returned unchanged
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,6 +164,7 @@ def _equivalent(gold: list[Any], pred: list[Any], deadline: float) -> bool:
     return False
 
 
+@register("math")
 def verify_math(completion: str, gold: str, *, budget_s: float = MATH_BUDGET_S) -> VerifyResult:
     """Score 1.0 if the completion's final answer is mathematically equal to ``gold`` (math-verify).
 
@@ -217,6 +226,7 @@ def parse_int(answer: str) -> int | None:
     return int(s.split(".")[0].replace(",", ""))
 
 
+@register("int")
 def verify_int(completion: str, gold: str) -> VerifyResult:
     """Score 1.0 if the completion's final answer is exactly the integer ``gold``.
 
@@ -239,6 +249,7 @@ def verify_int(completion: str, gold: str) -> VerifyResult:
 _LAST_INT_RE = re.compile(r"(?<![\w.])[-\u2212+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?!\w|[.,]\d)")
 
 
+@register("int_last")
 def verify_int_last(completion: str, gold: str) -> VerifyResult:
     """Like ``verify_int``, but without a marked answer the last integer in the text is the answer.
 
@@ -264,14 +275,8 @@ def verify_int_last(completion: str, gold: str) -> VerifyResult:
 
 
 # ----------------------------------------------------------------------------------------------
-# Registry
+# Lookup
 # ----------------------------------------------------------------------------------------------
-
-VERIFIERS: Registry[Verifier] = Registry("verifier")
-VERIFIERS.add("math", verify_math)
-VERIFIERS.add("int", verify_int)
-VERIFIERS.add("int_last", verify_int_last)
-
 
 def get_verifier(name: str) -> Verifier:
     """The verifier registered as ``name``, or imported from ``"package.module:function"``.
@@ -279,3 +284,13 @@ def get_verifier(name: str) -> Verifier:
     Unknown names raise ValueError listing the registered ones.
     """
     return VERIFIERS.entry(name)
+
+
+def portable_name(name: str) -> str:
+    """How a fresh process (a reward worker) names the verifier ``name``: the name itself when importing rlvr
+    registers it (rlvr's own verifiers) or it is already an import path, else the import path of the registered
+    function, whose import runs its ``register`` decorator there. Raises ValueError for an unknown name."""
+    fn = get_verifier(name)
+    if ":" in name or fn.__module__ in (__name__, "__main__"):
+        return name
+    return f"{fn.__module__}:{fn.__name__}"

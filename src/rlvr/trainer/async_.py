@@ -29,7 +29,9 @@ from typing import Any, Iterator
 import torch
 
 from rlvr.config import TrainConfig
-from rlvr.rollout.pool import ThreadBackend, WorkerPool
+from rlvr.rollout.backends import backend as backend_spec
+from rlvr.rollout.backends import make_backend
+from rlvr.rollout.pool import WorkerPool
 from rlvr.trainer import build
 from rlvr.trainer.checkpoint import TrainState
 from rlvr.trainer.run import Run, RunSummary, step_metrics
@@ -42,12 +44,7 @@ __all__ = ["train", "worker_pool"]
 def worker_pool(cfg: TrainConfig) -> WorkerPool:
     """The rollout workers the config asks for, each with a sampler built from the config alone."""
     r = cfg.rollout
-    factory = build.SamplerFactory(cfg)
-    if r.backend == "ray":
-        from rlvr.rollout.ray_backend import RayBackend
-        backend: Any = RayBackend(factory, address=r.ray_address, num_cpus=r.worker_cpus, threads=r.worker_threads)
-    else:
-        backend = ThreadBackend(factory)
+    backend = make_backend(r.backend, build.SamplerFactory(cfg), r)
     return WorkerPool(backend, r.num_workers, timeout_s=r.worker_timeout_s, max_restarts=r.max_worker_restarts)
 
 
@@ -57,7 +54,7 @@ def _stage_threads(cfg: TrainConfig) -> Iterator[None]:
     on half the cores (both stages would otherwise contend for every core: docs/benchmarks.md, async on
     tiny-arith); torch's setting is restored afterwards."""
     before = torch.get_num_threads()
-    if cfg.model.threads is None and cfg.rollout.backend == "thread":
+    if cfg.model.threads is None and backend_spec(cfg.rollout.backend).in_process:
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     try:
         yield

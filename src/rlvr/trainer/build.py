@@ -81,18 +81,24 @@ def reference_sampler(cfg: TrainConfig, reference: Reference, tokenizer: Any, *,
     return HFSampler(reference.model, tokenizer, max_batch_size=cfg.rollout.max_batch_size), reference.context
 
 
-GENERATED_DEFAULT_SIZE = 2000
-
-
 def build_problems(cfg: TrainConfig) -> tuple[list[Problem], list[Problem]]:
-    from rlvr.data import build_problems as load, split_problems
+    """(train, held-out) problems of ``cfg.data``; a generated source without ``data.size`` makes its
+    registered ``default_size``. Every verifier the problems name must be registered (checked here, before
+    the model loads)."""
+    from rlvr.data import build_problems as load, sources, split_problems
+    from rlvr.rewards import get_verifier
 
     d = cfg.data
-    generated = d.source == "arith" or d.source.startswith("rg:")
-    size = d.size if d.size is not None or not generated else GENERATED_DEFAULT_SIZE
+    entry, _ = sources.source(d.source)
+    size = entry.default_size if d.size is None and entry.generated else d.size
     problems = load(d.source, size=size, seed=d.seed, prompt_field=d.prompt_field, answer_field=d.answer_field,
                     template=d.template, verifier=d.verifier, **({"task_kwargs": d.task_kwargs} if d.task_kwargs
                                                                  else {}))
+    for name in dict.fromkeys(p.verifier for p in problems):
+        try:
+            get_verifier(name)
+        except ValueError as err:
+            raise ValueError(f"data.source={d.source} with data.verifier={d.verifier}: {err}") from None
     return split_problems(problems, eval_size=d.eval_size, seed=d.seed)
 
 
@@ -116,35 +122,31 @@ def sampling_params(cfg: TrainConfig, algo: Algorithm) -> SamplingParams:
 
 
 def worker_weights(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """What the learner publishes to its rollout workers: the trainable parameters for HF samplers (built
-    like the learner, so the names match), the whole LoRA-merged model for vLLM (which holds full weights)."""
+    """What the learner publishes to its rollout workers: the trainable parameters (HF samplers are built like
+    the learner, so the names match), or the whole LoRA-merged model for an engine that holds ``full_weights``
+    (vLLM)."""
     from rlvr.models import merged_state_dict, trainable_state_dict
+    from rlvr.rollout.engines import engine
 
-    return merged_state_dict(model) if cfg.rollout.engine == "vllm" else trainable_state_dict(model)
+    return merged_state_dict(model) if engine(cfg.rollout.engine).full_weights else trainable_state_dict(model)
 
 
 @dataclass(frozen=True)
 class SamplerFactory:
     """Builds a rollout worker's sampler from the config alone (so it can be shipped to a Ray actor): the
-    policy's initial weights (the same preset and LoRA initialisation as ``load_policy``) on model.device,
-    wrapped in an HFSampler; with ``rollout.engine=vllm`` a VLLMSampler on the model's folder (LoRA's
-    initial B = 0 makes the initial policy the base model). Workers then take the learner's weights by
-    version (``load_weights``, fed by ``worker_weights``)."""
+    registered engine ``rollout.engine`` (rlvr.rollout.engines), given a loader of the policy's initial weights
+    (the same preset and LoRA initialisation as ``load_policy``, on model.device). Workers then take the
+    learner's weights by version (``load_weights``, fed by ``worker_weights``)."""
 
     cfg: TrainConfig
 
     def __call__(self) -> Any:
-        from rlvr.rollout import HFSampler
+        from rlvr.rollout.engines import engine
 
-        if self.cfg.rollout.engine == "vllm":
-            from rlvr.models import pretrained_dir
-            from rlvr.rollout.vllm import VLLMSampler
+        def policy() -> tuple[Any, Any]:  # called by engines that sample with the HF model itself
+            return load_policy(self.cfg, resolve_device(self.cfg.model.device))
 
-            m = self.cfg.model
-            return VLLMSampler(pretrained_dir(m.name, m.cache_dir), dtype=m.dtype, **self.cfg.rollout.vllm_kwargs)
-        # The same trainable parameters as the learner's: load_weights matches them by name.
-        model, tokenizer = load_policy(self.cfg, resolve_device(self.cfg.model.device))
-        return HFSampler(model, tokenizer, max_batch_size=self.cfg.rollout.max_batch_size)
+        return engine(self.cfg.rollout.engine).fn(self.cfg, policy)
 
 
 def eval_params(cfg: TrainConfig) -> SamplingParams:
