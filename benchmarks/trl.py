@@ -236,29 +236,30 @@ class StepTimer:
         return timed
 
 
-def _metric(row: dict[str, Any], part: str) -> float:
-    key = RLVR_METRICS[part]
-    if key not in row:
-        raise RuntimeError(f"rlvr's step {row.get('step')} logged no {key}: the phase breakdown needs a trainer that "
-                           f"logs {', '.join(RLVR_METRICS.values())}")
-    return float(row[key])
+UPDATE_PARTS = ("old_ref_logprobs", "forward", "backward", "optimizer")
+"""The parts of rlvr's update (inside ``perf/train_s``)."""
 
 
 def rlvr_steps(rows: Sequence[dict[str, Any]], tol: float = 1e-6) -> list[dict[str, Any]]:
     """The per-step records of an rlvr run from its metrics.jsonl ``rows``: every part of ``PARTS`` (but the rest)
-    from its logged metric (``RLVR_METRICS``), samples (``rollout/samples``) and completion tokens
-    (``response/length_mean`` × samples). RuntimeError when a step lacks one of the metrics, or when its parts do not
-    fit: the update's (old/ref log-probs, forward, backward, optimizer) must add up to at most ``perf/train_s``, and
-    generation and scoring to at most the rest of the step (a part timed twice would break either); ``tol``
-    seconds of rounding are allowed."""
+    from its logged metric (``RLVR_METRICS``; None when the trainer does not log it: a trainer from before issue 15
+    logs only step, generation and train), samples (``rollout/samples``) and completion tokens
+    (``response/length_mean`` × samples). RuntimeError when a step lacks ``perf/gen_s`` or ``perf/train_s``, or when
+    its parts do not fit: the update's (old/ref log-probs, forward, backward, optimizer) must add up to at most
+    ``perf/train_s``, and generation and scoring to at most the rest of the step (a part timed twice would break
+    either); ``tol`` seconds of rounding are allowed."""
     steps = []
     for row in (r for r in rows if "perf/step_s" in r):
-        s = {part: _metric(row, part) for part in RLVR_METRICS}
-        update = s["old_ref_logprobs"] + s["forward"] + s["backward"] + s["optimizer"]
-        if update > s["train"] + tol or s["generation"] + s["scoring"] > s["step"] - s["train"] + tol:
+        missing = [RLVR_METRICS[p] for p in ("generation", "train") if RLVR_METRICS[p] not in row]
+        if missing:
+            raise RuntimeError(f"rlvr's step {row.get('step')} logged no {', '.join(missing)}")
+        s = {part: float(row[key]) if key in row else None for part, key in RLVR_METRICS.items()}
+        update = sum(s[p] or 0.0 for p in UPDATE_PARTS)
+        outside = s["generation"] + (s["scoring"] or 0.0)
+        if update > s["train"] + tol or outside > s["step"] - s["train"] + tol:
             raise RuntimeError(f"rlvr step {row.get('step')}: the logged parts do not fit in the step (update parts "
                                f"{update:.6f} s of perf/train_s {s['train']:.6f} s; generation + scoring "
-                               f"{s['generation'] + s['scoring']:.6f} s of the other {s['step'] - s['train']:.6f} s)")
+                               f"{outside:.6f} s of the other {s['step'] - s['train']:.6f} s)")
         samples = int(row["rollout/samples"])
         steps.append({**s, "samples": samples, "completion_tokens": row["response/length_mean"] * samples})
     return steps
@@ -404,15 +405,19 @@ def run_trl(cfg: Any, problems: Sequence[Any], output_dir: str | Path, *, check_
 
 def summarize(runs: Sequence[dict[str, Any]], warmup: int = 1) -> dict[str, Any]:
     """Pool the steps of ``runs`` after each run's first ``warmup`` steps: median and mean step seconds, samples per
-    step, samples/s at the median step, mean seconds of each part and the rest, median wall-clock per run."""
+    step, samples/s at the median step, mean seconds of each part (None: never logged) and the rest, median
+    wall-clock per run."""
     kept = [s for run in runs for s in run["steps"][warmup:]]
     if not kept:
         raise ValueError("no steps left after the warm-up; run more than one step")
     step = [s["step"] for s in kept]
     med = statistics.median(step)
     samples = statistics.median(s["samples"] for s in kept)
-    parts = {name: statistics.fmean(s.get(name, 0.0) for s in kept) for name, _ in PARTS if name != "other"}
-    parts["other"] = statistics.fmean(step) - sum(parts.values())
+    parts: dict[str, float | None] = {}
+    for name, _ in PARTS[:-1]:                   # None: a part no kept step logged (it is then in the rest)
+        values = [s.get(name, 0.0) for s in kept]
+        parts[name] = None if all(v is None for v in values) else statistics.fmean(v or 0.0 for v in values)
+    parts["other"] = statistics.fmean(step) - sum(v for v in parts.values() if v is not None)
     return {"step_median": med, "step_mean": statistics.fmean(step), "samples": samples,
             "samples_per_s": samples / med if med > 0 else math.inf,
             "completion_tokens": statistics.fmean(s["completion_tokens"] for s in kept),
@@ -427,11 +432,13 @@ def step_ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> float:
 
 def format_table(ours: dict[str, Any], theirs: dict[str, Any], target: float = 0.5) -> list[str]:
     """The Markdown table and the verdict line."""
-    def ratio(a: float, b: float) -> str:
-        return f"{b / a:.2f}×" if a > 0 else "—"
+    def ratio(a: float | None, b: float | None) -> str:
+        return f"{b / a:.2f}×" if a is not None and b is not None and a > 0 else "—"
 
     def part(s: dict[str, Any], name: str) -> str:
         v = s["parts"][name]
+        if v is None:
+            return "not logged"
         return f"{v:.3f} ({100 * v / s['step_mean']:.0f}%)" if s["step_mean"] > 0 else f"{v:.3f}"
 
     lines = ["| per RL step | rlvr | TRL | TRL ÷ rlvr |", "|:--|--:|--:|--:|",
@@ -539,6 +546,9 @@ def command(args: argparse.Namespace) -> int:
     total, prompt_tokens = model_facts(cfg, problems)
     lines = [settings_line(cfg, total, args.steps, args.repeats), "", *format_table(ours, theirs),
              f"prompt tokens per row, mean {prompt_tokens:.1f} (both sides run the same prompts)"]
+    unlogged = [RLVR_METRICS[name] for name, v in ours["parts"].items() if v is None]
+    if unlogged:
+        lines.append(f"note: rlvr's trainer logged no {', '.join(unlogged)}; those phases are in its rest of the step")
     if theirs["threads"] != [args.threads]:   # rlvr's trainer sets its threads from model.threads itself
         lines.append(f"warning: torch threads during TRL's steps were {theirs['threads']}, not {args.threads}")
     lines.append(f"benchmark wall-clock {time.perf_counter() - t_start:.0f} s")

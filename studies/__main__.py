@@ -10,10 +10,12 @@ from studies.reports import REPORTS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m studies", description=__doc__.strip().strip("`"))
+    p = argparse.ArgumentParser(prog="python -m studies", description="One study's tables and plot (docs/results.md) "
+                                "from its finished sweep; run from the repository root. Details: python -m pydoc "
+                                "studies.reports")
     p.add_argument("study", choices=list(REPORTS), help="which study's tables and plot")
-    p.add_argument("sweep_dir", help="the sweep's output directory (holds sweep.json)")
-    p.add_argument("--img-dir", default=None, help="where the PNG goes (default SWEEP_DIR/report)")
+    p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="the sweep's output directory (holds sweep.json)")
+    p.add_argument("--img-dir", default=None, metavar="DIR", help="where the PNG goes (default SWEEP_DIR/report)")
     p.add_argument("--no-plot", action="store_true", help="tables only")
     return p
 

@@ -184,16 +184,32 @@ def test_rlvr_steps_read_every_part_from_the_logged_metrics():
     assert s["parts"]["other"] == pytest.approx(1.5 - (0.65 + 0.1 + 0.05 + 0.15 + 0.225 + 0.05))
 
 
-def test_rlvr_steps_refuse_parts_that_do_not_fit_or_are_missing():
+def test_rlvr_steps_refuse_parts_that_do_not_fit():
     with pytest.raises(RuntimeError, match="do not fit"):      # the update's parts exceed perf/train_s
         bench.rlvr_steps([_row(1, forward_s=0.3)])
     with pytest.raises(RuntimeError, match="do not fit"):      # generation + scoring exceed step − train
         bench.rlvr_steps([_row(1, gen_s=0.45)])
     assert bench.rlvr_steps([_row(1, gen_s=0.4, forward_s=0.2)])[0]["generation"] == 0.4   # exactly full: fits
     row = _row(1)
-    del row["perf/score_s"]
-    with pytest.raises(RuntimeError, match="logged no perf/score_s"):
+    del row["perf/train_s"]
+    with pytest.raises(RuntimeError, match="logged no perf/train_s"):
         bench.rlvr_steps([row])
+
+
+def test_phases_a_trainer_does_not_log_are_shown_as_such_and_counted_in_the_rest():
+    """A trainer from before issue 15 logs step, generation and train only: those parts are read, the others are
+    None, and the table says "not logged" and puts their time in the rest (a note line in the command says so)."""
+    old = [{k: v for k, v in _row(s, step_s=1.0 + s).items() if k not in PHASE_METRICS} for s in (1, 2, 3)]
+    steps = bench.rlvr_steps(old)
+    assert [(s["step"], s["generation"], s["train"], s["scoring"], s["optimizer"]) for s in steps] == [
+        (2.0, 0.3, 0.5, None, None), (3.0, 0.3, 0.5, None, None), (4.0, 0.3, 0.5, None, None)]
+    ours = bench.summarize([{"wall_s": 1.0, "steps": steps}])
+    assert ours["parts"]["scoring"] is None and ours["parts"]["generation"] == pytest.approx(0.3)
+    assert ours["parts"]["other"] == pytest.approx(3.5 - 0.3)
+    theirs = bench.summarize([_run([5.0, 2.5, 2.5], generation=[0, 2.0, 2.0], scoring=[0, 0.1, 0.1])])
+    rows = _table_numbers(bench.format_table(ours, theirs))
+    assert rows["scoring (our verifier), s (share)"] == [None, 0.1, None]
+    assert "| scoring (our verifier), s (share) | not logged | 0.100 (4%) | — |" in bench.format_table(ours, theirs)
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +223,22 @@ def rlvr_run(tiny_cfg, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("rlvr") / "run"
     train(tiny_cfg, run_dir=run_dir, console=Console(quiet=True))
     return run_dir, read_metrics(run_dir)
+
+
+def test_rlvr_side_of_a_real_run_reads_what_the_trainer_logs(rlvr_run, tiny_cfg, tmp_path):
+    """Runs with today's trainer too: step, generation and train are always logged; the phases are either logged
+    (and fit) or None."""
+    run_dir, rows = rlvr_run
+    steps = bench.rlvr_steps(rows)
+    logged = [r for r in rows if "perf/step_s" in r]
+    assert len(steps) == len(logged) == 2
+    for s, row in zip(steps, logged):
+        assert (s["step"], s["generation"], s["train"]) == (row["perf/step_s"], row["perf/gen_s"], row["perf/train_s"])
+        assert 0 < s["generation"] < s["step"] and 0 < s["train"] < s["step"] and s["samples"] == 8
+        assert all(s[p] is None or s[p] >= 0 for p in bench.RLVR_METRICS)
+    ours = bench.summarize([{"wall_s": 1.0, "steps": steps}], warmup=0)
+    assert ours["step_median"] == pytest.approx(sorted(r["perf/step_s"] for r in logged)[0] / 2
+                                                + sorted(r["perf/step_s"] for r in logged)[1] / 2)
 
 
 def _needs_phase_metrics(rows):
@@ -311,9 +343,8 @@ def test_trl_side_runs_the_same_steps_on_tiny_random(tiny_cfg, tmp_path):
         assert parts <= s["step"] + 1e-6                                  # disjoint timers inside the step
 
 
-def test_both_sides_give_the_table_on_tiny_random(tiny_cfg, rlvr_run, tmp_path):
+def test_both_sides_give_the_table_on_tiny_random(tiny_cfg, tmp_path):
     pytest.importorskip("trl")
-    _needs_phase_metrics(rlvr_run[1])
     ours = bench.run_rlvr(tiny_cfg, tmp_path / "rlvr")
     theirs = bench.run_trl(tiny_cfg, bench.step_problems(tiny_cfg), tmp_path / "trl")
     lines = bench.format_table(bench.summarize([ours]), bench.summarize([theirs]))
