@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shutil
 import sys
+import textwrap
 
 # name -> (module, one-line help)
 BENCHMARKS = {
@@ -19,9 +21,10 @@ BENCHMARKS = {
 
 
 def summary(module) -> str:
-    """A module docstring's first paragraph, and where the rest is."""
-    first = (module.__doc__ or "").strip().split("\n\n")[0]
-    return f"{first}\n\nDetails: python -m pydoc {module.__name__}"
+    """A module docstring's first paragraph, filled to the terminal, and where the rest is."""
+    first = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())
+    width = max(40, min(100, shutil.get_terminal_size().columns) - 2)
+    return f"{textwrap.fill(first, width)}\n\nDetails: python -m pydoc {module.__name__}"
 
 
 def build_parser() -> argparse.ArgumentParser:

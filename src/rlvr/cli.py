@@ -157,16 +157,21 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(doc: str | None) -> str:
-    """A module docstring's first paragraph (``--help`` fits on a screen; the rest is in ``pydoc``)."""
-    return (doc or "").strip().split("\n\n")[0]
+def _summary(module: Any) -> str:
+    """A module docstring's first paragraph, filled to the terminal, and where the rest is (``--help`` fits on a
+    screen; the reference is ``pydoc``)."""
+    import shutil
+    import textwrap
+
+    first = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())
+    width = max(40, min(100, shutil.get_terminal_size().columns) - 2)
+    return f"{textwrap.fill(first, width)}\n\nReference: python -m pydoc {module.__name__}"
 
 
 def _module_command(sub: Any, name: str, module: Any, help: str) -> None:
     """A subcommand whose arguments (``add_arguments``), action (``command``) and description (the docstring's
     first paragraph, with where the rest is) live in ``module``."""
-    p = sub.add_parser(name, help=help, description=f"{_summary(module.__doc__)}\n\nReference: python -m pydoc "
-                                                    f"{module.__name__}",
+    p = sub.add_parser(name, help=help, description=_summary(module),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(p)
     p.set_defaults(func=module.command)

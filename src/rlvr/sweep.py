@@ -738,7 +738,7 @@ def write_report(sweep: Sweep, specs: Sequence[RunSpec]) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the arguments of ``rlvr sweep`` to ``parser`` and return it."""
-    parser.add_argument("sweep_file", metavar="SWEEP.yaml", help="the sweep file (format above)")
+    parser.add_argument("sweep_file", metavar="SWEEP.yaml", help="the sweep file (format: python -m pydoc rlvr.sweep)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides for every run, after the file's (e.g. steps=5 "
                              "model.name=smollm2-135m-instruct); give them before the options")
