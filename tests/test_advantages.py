@@ -126,7 +126,8 @@ def test_gpg_matches_loop_oracle(rows):
 def test_aapo_matches_loop_oracle(rows):
     rng = random.Random(len(rows) * 100 + len(rows[0]))
     ref = [[rng.choice((0.0, 1.0, r + 0.1, r - 0.1, r)) for r in row] for row in rows]
-    for kw in ({}, {"scale_by_std": True}, {"scale_by_std": True, "eps": 0.1}, {"margin_low": -1.0, "margin_high": 0.5}):
+    for kw in ({}, {"scale_by_std": True}, {"scale_by_std": True, "eps": 0.1},
+               {"margin_low": -1.0, "margin_high": 0.5}):
         got = aapo(T(rows), ref_rewards=T(ref), **kw)
         close(got, [O.aapo_group(g, rg, **kw) for g, rg in zip(rows, ref)])
 

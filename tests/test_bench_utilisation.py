@@ -1,4 +1,5 @@
-"""The utilisation benchmark (python -m benchmarks utilisation): N_matmul from the module tree, the FLOP formulas, the matmul-peak arithmetic, the table."""
+"""The utilisation benchmark (``python -m benchmarks utilisation``): N_matmul from the module tree, the FLOP formulas,
+the matmul-peak arithmetic, the table."""
 from __future__ import annotations
 
 import json
