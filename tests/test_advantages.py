@@ -13,6 +13,8 @@ from fractions import Fraction
 
 import pytest
 import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 import oracles as O
 from rlvr import advantages as adv
@@ -52,17 +54,34 @@ def make_rows(kind: str, P: int, G: int, seed: int) -> list[list[float]]:
     raise AssertionError(kind)
 
 
+def batch_rows(kind: str, P: int, G: int, seed: int = 0) -> list[list[float]]:
+    """``make_rows``; a P = 3 batch mixes in a constant group among informative ones (when G > 1)."""
+    rows = make_rows(kind, P, G, seed)
+    if P == 3 and G > 1:
+        rows[1] = [rows[1][0]] * G
+    return rows
+
+
 def cases(max_G: int = 8, min_G: int = 1, kinds=KINDS, Ps=(1, 3)):
-    """(id, rows) over kinds × G × P; P = 3 batches mix in a constant row when G > 1."""
-    out = []
-    for kind in kinds:
-        for G in range(min_G, max_G + 1):
-            for P in Ps:
-                rows = make_rows(kind, P, G, seed=0)
-                if P == 3 and G > 1:
-                    rows[1] = [rows[1][0]] * G          # a constant group among informative ones
-                out.append(pytest.param(rows, id=f"{kind}-P{P}-G{G}"))
-    return out
+    """(id, rows) over kinds × G × P at seed 0."""
+    return [pytest.param(batch_rows(kind, P, G), id=f"{kind}-P{P}-G{G}")
+            for kind in kinds for G in range(min_G, max_G + 1) for P in Ps]
+
+
+def over_batches(max_G: int = 8, min_G: int = 1, kinds=KINDS, Ps=(1, 3)):
+    """Hypothesis property over reward batches ``batch_rows(kind, P, G, seed)`` (argument ``rows``), with every
+    (kind, G, P) at seed 0 — the grid of ``cases`` — as explicit examples, on top of drawn seeds."""
+    strategy = st.builds(batch_rows, st.sampled_from(kinds), st.sampled_from(Ps), st.integers(min_G, max_G),
+                         st.integers(0, 10**6))
+
+    def decorate(fn):
+        fn = given(rows=strategy)(fn)
+        for kind in kinds:
+            for G in range(min_G, max_G + 1):
+                for P in Ps:
+                    fn = example(rows=batch_rows(kind, P, G, 0))(fn)
+        return fn
+    return decorate
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,49 +100,46 @@ def test_every_registered_estimator_has_an_oracle():
     assert not missing, f"registered estimators without an oracle test: {sorted(missing)}"
 
 
-@pytest.mark.parametrize("rows", cases())
-@pytest.mark.parametrize("kw", [{}, {"scale_by_std": False}, {"eps": 0.0}, {"eps": 0.25}], ids=str)
-def test_grpo_matches_loop_oracle(rows, kw):
-    close(grpo(T(rows), **kw), O.per_row(O.grpo_group, rows, **kw))
+@over_batches()
+def test_grpo_matches_loop_oracle(rows):
+    for kw in ({}, {"scale_by_std": False}, {"eps": 0.0}, {"eps": 0.25}):
+        close(grpo(T(rows), **kw), O.per_row(O.grpo_group, rows, **kw))
 
 
-@pytest.mark.parametrize("rows", cases())
+@over_batches()
 def test_dr_grpo_matches_loop_oracle(rows):
     close(dr_grpo(T(rows)), O.per_row(O.dr_grpo_group, rows))
 
 
-@pytest.mark.parametrize("rows", cases(min_G=2))
+@over_batches(min_G=2)
 def test_rloo_matches_loop_oracle(rows):
     close(rloo(T(rows)), O.per_row(O.rloo_group, rows))
 
 
-@pytest.mark.parametrize("rows", cases())
-@pytest.mark.parametrize("kw", [{}, {"scale_by_std": True}, {"scale_by_std": True, "eps": 0.5}], ids=str)
-def test_gpg_matches_loop_oracle(rows, kw):
-    close(gpg(T(rows), **kw), O.gpg_batch(rows, **kw))
+@over_batches()
+def test_gpg_matches_loop_oracle(rows):
+    for kw in ({}, {"scale_by_std": True}, {"scale_by_std": True, "eps": 0.5}):
+        close(gpg(T(rows), **kw), O.gpg_batch(rows, **kw))
 
 
-@pytest.mark.parametrize("rows", cases())
-@pytest.mark.parametrize("kw", [{}, {"scale_by_std": True}, {"scale_by_std": True, "eps": 0.1},
-                                {"margin_low": -1.0, "margin_high": 0.5}], ids=str)
-def test_aapo_matches_loop_oracle(rows, kw):
+@over_batches()
+def test_aapo_matches_loop_oracle(rows):
     rng = random.Random(len(rows) * 100 + len(rows[0]))
     ref = [[rng.choice((0.0, 1.0, r + 0.1, r - 0.1, r)) for r in row] for row in rows]
-    got = aapo(T(rows), ref_rewards=T(ref), **kw)
-    close(got, [O.aapo_group(g, rg, **kw) for g, rg in zip(rows, ref)])
+    for kw in ({}, {"scale_by_std": True}, {"scale_by_std": True, "eps": 0.1},
+               {"margin_low": -1.0, "margin_high": 0.5}):
+        got = aapo(T(rows), ref_rewards=T(ref), **kw)
+        close(got, [O.aapo_group(g, rg, **kw) for g, rg in zip(rows, ref)])
 
 
-@pytest.mark.parametrize("rows", cases())
-@pytest.mark.parametrize("with_lengths", [False, True])
-@pytest.mark.parametrize("eps", [1e-8, 0.3])
-def test_reinforce_pp_baseline_matches_loop_oracle(rows, with_lengths, eps):
+@over_batches()
+def test_reinforce_pp_baseline_matches_loop_oracle(rows):
     P, G = len(rows), len(rows[0])
-    lengths = None
-    if with_lengths:
-        rng = random.Random(P * 31 + G)
-        lengths = [[float(rng.randint(0, 50)) for _ in range(G)] for _ in range(P)]
-    got = reinforce_pp_baseline(T(rows), lengths=None if lengths is None else T(lengths), eps=eps)
-    close(got, O.reinforce_pp_baseline_batch(rows, lengths=lengths, eps=eps))
+    rng = random.Random(P * 31 + G)
+    for lengths in (None, [[float(rng.randint(0, 50)) for _ in range(G)] for _ in range(P)]):
+        for eps in (1e-8, 0.3):
+            got = reinforce_pp_baseline(T(rows), lengths=None if lengths is None else T(lengths), eps=eps)
+            close(got, O.reinforce_pp_baseline_batch(rows, lengths=lengths, eps=eps))
 
 
 @pytest.mark.parametrize("rows", cases(kinds=("binary",), Ps=(1, 4)))

@@ -9,10 +9,10 @@ import time
 import pytest
 import torch
 
+from benchmarks.simulator import SimSampler
 from rlvr.config import load_config
 from rlvr.metrics import read_metrics
 from rlvr.rollout.pool import ThreadBackend, WorkerFailure, WorkerPool, concat_rollouts, shard_bounds
-from rlvr.rollout.simulator import SimSampler
 from rlvr.seeding import derive_seed
 from rlvr.trainer.staleness import Producer, StalenessGate, StalenessStats, take_fresh
 from rlvr.types import Rollout, SamplingParams

@@ -1,4 +1,5 @@
-"""The benchmark's slow reference constructions equal the registry estimators, and `run` works at tiny sizes."""
+"""The advantage benchmark (``python -m benchmarks advantages``, ``make bench``): its rows at tiny sizes, the
+renderers and the command. That its slow constructions equal the registry is tests/test_maxk_references.py."""
 
 import argparse
 import math
@@ -7,91 +8,13 @@ import pytest
 import torch
 from rich.console import Console
 
+from benchmarks import advantages as bench
+from benchmarks.__main__ import main
+from benchmarks.cli import machine_info
+from maxk_references import PKPO_BASELINES
 from rlvr import advantages as adv
-from rlvr.bench import advantages as bench
 
 TOL = 1e-9
-GROUPS = range(3, 9)
-KINDS = ("random", "tied", "binary")
-
-
-def _rewards(kind: str, G: int, seed: int) -> torch.Tensor:
-    """[3, G] float64 rewards: U(0, 1), few levels (ties), or 0/1; one constant row in the tied case."""
-    gen = torch.Generator().manual_seed(1000 * seed + G)
-    if kind == "random":
-        return torch.rand(3, G, generator=gen, dtype=torch.float64)
-    if kind == "tied":
-        r = torch.randint(0, 3, (3, G), generator=gen).to(torch.float64) * 0.5 - 0.25
-        r[2] = 0.7                                                   # a constant group
-        return r
-    return (torch.rand(3, G, generator=gen) < 0.4).to(torch.float64)
-
-
-def _k_range(name: str, G: int) -> range:
-    return {"maxpo": range(1, G), "none": range(1, G + 1), "loo": range(1, G),
-            "loo_minus_one": range(2, G + 1)}[name]
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape
-    return float((a.to(torch.float64) - b).abs().max())
-
-
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("G", GROUPS)
-def test_maxpo_slow_constructions_equal_fast(G, kind):
-    r = _rewards(kind, G, seed=1)
-    for k in _k_range("maxpo", G):
-        fast = adv.maxpo(r, k=k)
-        quad = bench.maxpo_l2o_quadratic(r, k)
-        enum = bench.maxpo_enumeration(r, k)
-        assert quad.dtype == enum.dtype == torch.float64
-        assert _max_diff(fast, quad) <= TOL, (G, kind, k)
-        assert _max_diff(fast, enum) <= TOL, (G, kind, k)
-
-
-@pytest.mark.parametrize("baseline", bench.PKPO_BASELINES)
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("G", GROUPS)
-def test_pkpo_slow_constructions_equal_fast(G, kind, baseline):
-    r = _rewards(kind, G, seed=2)
-    for k in _k_range(baseline, G):
-        fast = adv.pkpo(r, k=k, baseline=baseline)
-        assert _max_diff(fast, bench.pkpo_quadratic(r, k, baseline)) <= TOL, (G, kind, k)
-        assert _max_diff(fast, bench.pkpo_enumeration(r, k, baseline)) <= TOL, (G, kind, k)
-
-
-def test_maxpo_quadratic_k1_is_rloo_and_chunking_does_not_matter():
-    r = _rewards("random", 7, seed=3)
-    assert _max_diff(adv.rloo(r), bench.maxpo_l2o_quadratic(r, 1)) <= TOL
-    whole = bench.maxpo_l2o_quadratic(r, 3)
-    one_row_chunks = bench.maxpo_l2o_quadratic(r, 3, chunk_elems=1)
-    assert _max_diff(whole, one_row_chunks) <= 1e-15                 # matmul blocking may differ per chunk size
-    assert _max_diff(bench.pkpo_enumeration(r, 3, "loo", chunk_elems=1), bench.pkpo_enumeration(r, 3, "loo")) <= 1e-15
-
-
-def test_slow_constructions_accept_float32_and_compute_in_float64():
-    r64 = _rewards("random", 6, seed=4)
-    r32 = r64.to(torch.float32)
-    out = bench.maxpo_l2o_quadratic(r32, 2)
-    assert out.dtype == torch.float64
-    assert _max_diff(adv.maxpo(r32.to(torch.float64), k=2), out) <= TOL
-
-
-def test_slow_constructions_reject_bad_input():
-    r = _rewards("random", 5, seed=5)
-    with pytest.raises(ValueError, match="k"):
-        bench.maxpo_l2o_quadratic(r, 5)                              # needs k <= G − 1
-    with pytest.raises(ValueError, match="k"):
-        bench.pkpo_quadratic(r, 1, "loo_minus_one")                  # needs k >= 2
-    with pytest.raises(ValueError, match="baseline"):
-        bench.pkpo_enumeration(r, 2, "mean")
-    with pytest.raises(ValueError, match="G <= 16"):
-        bench.maxpo_enumeration(torch.rand(1, 17, dtype=torch.float64), 2)
-    with pytest.raises(ValueError, match=r"\[P, G\]"):
-        bench.pkpo_quadratic(r[0], 2, "none")
-    with pytest.raises(ValueError, match="finite"):
-        bench.maxpo_enumeration(torch.tensor([[0.0, math.nan, 1.0]]), 1)
 
 
 EXPECTED_KEYS = {
@@ -109,7 +32,7 @@ def test_run_tiny():
     labels = {r["estimator"] for r in rows}
     token_level = {n for n in adv.names() if adv.spec(n).needs_values}        # gae: needs values [B, T]
     assert "gae" in token_level
-    expected = (set(adv.names()) - {"pkpo"} - token_level) | {f"pkpo[{b}]" for b in bench.PKPO_BASELINES}
+    expected = (set(adv.names()) - {"pkpo"} - token_level) | {f"pkpo[{b}]" for b in PKPO_BASELINES}
     assert labels == expected
     assert len(rows) == 2 * len(expected)
     for row in rows:
@@ -136,7 +59,7 @@ def test_renderers_and_command(tmp_path, capsys):
     caps = {r["estimator"]: r["k"] for r in rows}
     assert caps["maxpo"] == 3 and caps["pkpo[loo]"] == 3
     assert caps["pkpo[none]"] == 4 and caps["pkpo[loo_minus_one]"] == 4 and caps["passk_training"] == 4
-    md = bench.to_markdown(rows, bench.machine_info())
+    md = bench.to_markdown(rows, machine_info())
     table_lines = [line for line in md.splitlines() if line.startswith("|")]
     assert len(table_lines) == 2 + len(rows)
     assert "vs O(G²) ×" in table_lines[0] and "max \\|Δ\\|" in table_lines[0]   # pipes escaped
@@ -157,3 +80,16 @@ def test_renderers_and_command(tmp_path, capsys):
     assert "maxpo" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         parser.parse_args(["--groups", "1,8"])
+
+
+def test_make_bench_command_small_run(tmp_path):
+    """What ``make bench`` runs (``python -m benchmarks advantages``), at a tiny size, through the module's main."""
+    md = tmp_path / "bench.md"
+    assert main(["advantages", "--prompts", "8", "--groups", "4", "--k", "2", "--repeats", "1",
+                 "--markdown", str(md)]) == 0
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split(" | ")]
+                                         for line in md.read_text().splitlines() if line.startswith("| "))}
+    maxpo = rows["maxpo"]                       # estimator, G, k, ms, µs/group, vs O(G²), vs enum, max |Δ|
+    assert maxpo[1:3] == ["4", "2"]
+    assert float(maxpo[3]) > 0 and float(maxpo[-1]) <= 1e-9     # timed, and equal to both slow constructions
+    assert {"pkpo[none]", "pkpo[loo]", "pkpo[loo_minus_one]", "grpo", "aapo"} <= set(rows)

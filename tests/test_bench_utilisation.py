@@ -1,4 +1,5 @@
-"""rlvr bench utilisation: N_matmul from the module tree, the FLOP formulas, the matmul-peak arithmetic, the table."""
+"""The utilisation benchmark (``python -m benchmarks utilisation``): N_matmul from the module tree, the FLOP formulas,
+the matmul-peak arithmetic, the table."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from rlvr.bench import utilisation as u
-from rlvr.cli import main
+from benchmarks import utilisation as u
+from benchmarks.__main__ import main
 
 SHAPE = u.ModelShape(n_matmul=1000, n_head=100, layers=2, d_attn=8, n_params=1200)
 
@@ -111,7 +112,7 @@ def _phase_rows(text: str) -> dict[str, list[str]]:
 
 def test_cli_smoke_tiny_random(tmp_path, capsys):
     path = tmp_path / "u.json"
-    rc = main(["bench", "utilisation", "--model", "tiny-random", "--sizes", "128,256", "--repeats", "2",
+    rc = main(["utilisation", "--model", "tiny-random", "--sizes", "128,256", "--repeats", "2",
                "--threads", "1", "--json", str(path)])
     out = capsys.readouterr().out
     assert rc == 0
@@ -158,7 +159,7 @@ def test_table_on_cuda_shows_the_vendor_column():
 ])
 def test_bad_choices_name_the_option(argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["bench", "utilisation", *argv])
+        main(["utilisation", *argv])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert needle in err and "invalid choice" in err
@@ -166,7 +167,7 @@ def test_bad_choices_name_the_option(argv, needle, capsys):
 
 def test_cuda_without_cuda_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert main(["bench", "utilisation", "--device", "cuda"]) == 2
+    assert main(["utilisation", "--device", "cuda"]) == 2
     assert "--device cuda: CUDA is not available" in capsys.readouterr().err
 
 
@@ -179,7 +180,7 @@ def test_unsupported_dtype_is_a_clear_error(monkeypatch, capsys):
         return real_mm(a, b, *args, **kwargs)
 
     monkeypatch.setattr(torch, "mm", mm)
-    assert main(["bench", "utilisation", "--dtype", "bfloat16"]) == 2
+    assert main(["utilisation", "--dtype", "bfloat16"]) == 2
     assert "--dtype bfloat16: matmuls in this dtype are not supported on cpu" in capsys.readouterr().err
 
 
@@ -188,5 +189,5 @@ def test_unsupported_dtype_is_a_clear_error(monkeypatch, capsys):
     (["--model", "tiny-random", "--prompt-len", "8", "--seq-len", "8"], "--seq-len (8) must exceed --prompt-len (8)"),
 ])
 def test_inconsistent_sizes_name_the_options(argv, needle, capsys):
-    assert main(["bench", "utilisation", *argv]) == 2
+    assert main(["utilisation", *argv]) == 2
     assert needle in capsys.readouterr().err

@@ -1,11 +1,11 @@
-"""rlvr bench variance: exact E[g] and tr Cov(g) by enumeration, checked against closed forms and sampling."""
+"""The variance benchmark (python -m benchmarks variance): exact E[g] and tr Cov(g) by enumeration, checked against closed forms and sampling."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from rlvr.bandit import exact_max_at_k
-from rlvr.bench.variance import ESTIMATORS, PROBLEMS, enumerate_groups, exact_grad_stats, run
+from benchmarks.variance import ESTIMATORS, PROBLEMS, enumerate_groups, exact_grad_stats, run
 
 UNBIASED = [e for e in ESTIMATORS if e[1] in ("maxpo", "pkpo")]
 CASES = [(torch.tensor(r), torch.tensor(t)) for r, t in PROBLEMS.values()]

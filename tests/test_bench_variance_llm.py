@@ -1,6 +1,6 @@
-"""rlvr bench variance --setting tiny-arith: the batched estimator gradients against per-sample backward passes, the
-Monte-Carlo statistics against direct formulas, unbiasedness against the closed-form ∇max@k of single-token
-responses, and the command (table, errors, the unchanged bandit output)."""
+"""``python -m benchmarks variance --setting tiny-arith``: the batched estimator gradients against per-sample
+backward passes, the Monte-Carlo statistics against direct formulas, unbiasedness against the closed-form ∇max@k of
+single-token responses, and the command (table, errors, the unchanged bandit output)."""
 from __future__ import annotations
 
 import math
@@ -12,10 +12,10 @@ from scipy.stats import t as student_t
 from transformers import Qwen2ForCausalLM
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
+from benchmarks import variance
+from benchmarks import variance_llm as V
+from benchmarks.__main__ import main
 from rlvr.bandit import exact_max_at_k
-from rlvr.bench import variance
-from rlvr.bench import variance_llm as V
-from rlvr.cli import main
 from rlvr.logprobs import completion_logprobs
 from rlvr.models import char_tokenizer, tiny_qwen2_config
 from rlvr.rollout import HFSampler
@@ -216,7 +216,7 @@ def test_unbiased_estimators_average_to_the_exact_max_at_k_gradient():
 # ----------------------------------------------------------------------------------------------
 
 def test_tiny_arith_command_prints_every_estimator_row_with_numbers(capsys):
-    assert main(["bench", "variance", "--setting", "tiny-arith", "--prompts", "2", "--group", "4",
+    assert main(["variance", "--setting", "tiny-arith", "--prompts", "2", "--group", "4",
                  "--replicates", "4", "--ks", "1,2", "--threads", "1"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == V.HEADER and lines[1] == V.ALIGN
@@ -245,13 +245,13 @@ def test_tiny_arith_command_prints_every_estimator_row_with_numbers(capsys):
     (["--prompts", "3"], "--prompts"),
 ])
 def test_bad_input_names_the_option(capsys, argv, option):
-    assert main(["bench", "variance", *argv]) == 2
+    assert main(["variance", *argv]) == 2
     err = capsys.readouterr().err
     assert "error" in err and option in err
 
 
 def test_the_bandit_setting_prints_what_variance_run_returns(capsys, monkeypatch):
-    assert main(["bench", "variance", "--groups", "4", "--ks", "2"]) == 0
+    assert main(["variance", "--groups", "4", "--ks", "2"]) == 0
     assert capsys.readouterr().out == "\n".join(variance.run([4], [2])) + "\n"
     calls = []
 
@@ -259,5 +259,5 @@ def test_the_bandit_setting_prints_what_variance_run_returns(capsys, monkeypatch
         calls.append((Gs, ks))
         return ["table"]
     monkeypatch.setattr(variance, "run", spy)                         # the defaults, without the 15 s enumeration
-    assert main(["bench", "variance"]) == 0 and main(["bench", "variance", "--setting", "bandit"]) == 0
+    assert main(["variance"]) == 0 and main(["variance", "--setting", "bandit"]) == 0
     assert calls == [([4, 8], [2, 4])] * 2 and capsys.readouterr().out == "table\ntable\n"

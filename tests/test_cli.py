@@ -1,17 +1,48 @@
-"""The `rlvr` command: help, list, demo and bench run through the real entry points."""
+"""The `rlvr` command: help, list, demo, train's config errors and plot run through the real entry points."""
 
 import re
 import subprocess
 import sys
 
+import pytest
+
 from rlvr import advantages, losses
-from rlvr.cli import DEMO_ESTIMATORS, main
+from rlvr.cli import DEMO_ESTIMATORS, build_parser, main
+
+COMMANDS = ("list", "demo", "train", "plot", "eval", "compare", "sweep")
+SCREEN = 40        # lines of an 80-column terminal screen
 
 
-def test_help_lists_the_commands():
-    out = subprocess.run([sys.executable, "-m", "rlvr", "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("list", "demo", "train", "plot", "bench"):
-        assert command in out
+def _subcommands(parser):
+    return next(a for a in parser._subparsers._group_actions).choices   # argparse keeps them only here
+
+
+def test_help_lists_exactly_the_commands_and_fits_on_a_screen(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    parser = build_parser()
+    out = parser.format_help()
+    assert tuple(_subcommands(parser)) == COMMANDS          # benchmarks and studies are scripts, not commands
+    for command in COMMANDS:
+        assert re.search(rf"^\s+{command}\s", out, re.M), command
+    assert len(out.splitlines()) <= SCREEN
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_help_fits_on_a_screen(monkeypatch, command):
+    monkeypatch.setenv("COLUMNS", "80")
+    text = _subcommands(build_parser())[command].format_help()
+    assert text.startswith(f"usage: rlvr {command}") and len(text.splitlines()) <= SCREEN, text
+
+
+def test_train_config_errors_exit_2_naming_the_key(tmp_path, capsys):
+    """In-process twin of test_train_e2e's subprocess test: bad keys and values, and an algorithm check that fails
+    before anything loads or is written."""
+    assert main(["train", "algo.nope=1"]) == 2
+    assert "algo.nope" in capsys.readouterr().err
+    assert main(["train", "configs/tiny_arith/grpo.yaml", "rollout.group_size=many"]) == 2
+    assert "rollout.group_size" in capsys.readouterr().err
+    assert main(["train", "configs/tiny_arith/grpo.yaml", "algo.advantage=maxpo", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "algo.k" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def test_unknown_command_fails_with_usage():
@@ -38,18 +69,6 @@ def test_demo_prints_a_row_per_estimator_with_learning(capsys, monkeypatch):
         cells = re.split(r"\s{2,}", row)                 # label, p@1 start, p@1 end, p@4 start, p@4 end, s/run
         p1_start, p1_end, p4_start, p4_end = (float(c.split("±")[0]) for c in cells[1:5])
         assert p1_end > p1_start and p4_end > p4_start   # every estimator learns on this toy in 40 steps
-
-
-def test_bench_advantages_small_run(tmp_path, capsys):
-    md = tmp_path / "bench.md"
-    assert main(["bench", "advantages", "--prompts", "8", "--groups", "4", "--k", "2", "--repeats", "1",
-                 "--markdown", str(md)]) == 0
-    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split(" | ")]
-                                         for line in md.read_text().splitlines() if line.startswith("| ")) }
-    maxpo = rows["maxpo"]                       # estimator, G, k, ms, µs/group, vs O(G²), vs enum, max |Δ|
-    assert maxpo[1:3] == ["4", "2"]
-    assert float(maxpo[3]) > 0 and float(maxpo[-1]) <= 1e-9     # timed, and equal to both slow constructions
-    assert {"pkpo[none]", "pkpo[loo]", "pkpo[loo_minus_one]", "grpo", "aapo"} <= set(rows)
 
 
 def test_plot_writes_pngs_from_a_metrics_file(tmp_path, capsys):

@@ -8,9 +8,12 @@ import math
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rlvr import compare
-from rlvr.compare import Threshold
+from rlvr.compare import Threshold, format_cell
+from rlvr.eval.metrics import Estimate, mean_ci
 
 T975_2 = 4.302652729749464   # Student-t 0.975 quantile, 2 degrees of freedom (tables: 4.3027)
 T975_1 = 12.706204736174696  # ... 1 degree of freedom (tables: 12.706)
@@ -52,6 +55,18 @@ def acc_rows(accs, **extra):
         rows.append({"step": s, "reward/mean": a / 2 if isinstance(a, float) else a, "loss/policy": 1.0 / s, **extra})
         rows.append({"step": s, "eval/accuracy": a})
     return rows
+
+
+def table_rows(md: str) -> list[list[str]]:
+    """The cells of a Markdown table's body rows (header and |---| line left out)."""
+    rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in md.splitlines() if ln.startswith("| ")]
+    return rows[1:]
+
+
+def cell_numbers(cell: str) -> tuple[float, float | None]:
+    """(mean, half-width) of a ``mean ± h`` cell, (value, None) of a plain one; the notes after them ignored."""
+    parts = cell.split(" ")
+    return float(parts[0]), float(parts[2]) if len(parts) > 2 and parts[1] == "±" else None
 
 
 def args(run_dirs, **kw):
@@ -102,16 +117,19 @@ def test_nan_and_inf_strings_read_as_nan(tmp_path):
     assert compare.best_value(run, "loss/policy") == 0.3          # and inf
     assert compare.steps_to_reach(run, Threshold("eval/accuracy", 0.95)) is None
     g = compare.group_runs([run])
-    table = compare.markdown_table([compare.summarize_group(g[0], ["eval/accuracy"])], ["eval/accuracy"])
-    assert table.splitlines()[2] == "| r | 1 | nan | 0.9 |"
+    s = compare.summarize_group(g[0], ["eval/accuracy"])
+    assert math.isnan(s.metrics["eval/accuracy"].final.mean) and s.metrics["eval/accuracy"].best.mean == 0.9
+    [row] = table_rows(compare.markdown_table([s], ["eval/accuracy"]))
+    assert row[:2] == ["r", "1"] and math.isnan(float(row[2])) and float(row[3]) == 0.9
 
 
 def test_nan_in_one_seed(tmp_path):
     dirs = [make_run(tmp_path, f"s{i}", acc_rows([0.1, 0.2, a]), seed=i) for i, a in enumerate([0.3, "nan", 0.5])]
     g = compare.group_runs([compare.load_run(d) for d in dirs])[0]
     s = compare.summarize_group(g, ["eval/accuracy"])
-    assert s.metrics["eval/accuracy"].final.format() == "nan (1/3 seeds nan)"
-    assert s.metrics["eval/accuracy"].best.format() == f"0.3333 ± {T975_2 * 0.1527525 / math.sqrt(3):.4g}"
+    final, best = s.metrics["eval/accuracy"].final, s.metrics["eval/accuracy"].best
+    assert math.isnan(final.mean) and final.half_width is None and sum(map(math.isnan, final.values)) == 1
+    assert best.mean == pytest.approx(1 / 3) and best.half_width == pytest.approx(T975_2 * 0.1527525 / math.sqrt(3))
     xs, mean, lo, hi = compare._group_curve(g, "eval/accuracy", "step")
     assert xs == [0.0, 1.0, 2.0] and math.isnan(mean[2]) and math.isnan(lo[2]) and mean[1] == pytest.approx(0.2)
     paths = compare.plot_metrics([g], ["eval/accuracy"], tmp_path / "plots")  # NaN gap, no RuntimeWarning
@@ -196,12 +214,24 @@ def test_mean_ci_matches_hand_computation():
     from scipy.stats import t
 
     assert t.ppf(0.975, 2) == pytest.approx(T975_2, rel=1e-12)
-    mean, h = compare.mean_ci([0.5, 0.6, 0.7])
+    mean, h = mean_ci([0.5, 0.6, 0.7])
     assert mean == pytest.approx(0.6, abs=1e-15)
     assert h == pytest.approx(T975_2 * 0.1 / math.sqrt(3), rel=1e-12)
     assert h == pytest.approx(0.248414, abs=1e-6)
-    assert compare.mean_ci([0.4]) == (0.4, None)
-    assert compare.mean_ci([0.3, 0.3]) == (pytest.approx(0.3), 0.0)
+    assert mean_ci([0.4]) == (0.4, None)
+    assert mean_ci([0.3, 0.3]) == (pytest.approx(0.3), 0.0)
+    e = Estimate.over_seeds([0.5, 0.6, 0.7])                  # the same interval, as the one Estimate of rlvr
+    assert (e.mean, e.half_width, e.values) == (pytest.approx(0.6), pytest.approx(h), (0.5, 0.6, 0.7))
+    assert e.lo == pytest.approx(0.6 - h) and e.hi == pytest.approx(0.6 + h)
+    assert Estimate.over_seeds([0.4]).half_width is None and math.isnan(Estimate.over_seeds([]).mean)
+
+
+def test_format_cell_renders_mean_half_width_nan_and_missing_seeds():
+    assert format_cell(Estimate.over_seeds([0.5, 0.6, 0.7]), 3) == "0.6 ± 0.2484"
+    assert format_cell(Estimate.over_seeds([0.4]), 2) == "0.4 (1/2 seeds)"
+    assert format_cell(Estimate.over_seeds([0.3, math.nan, 0.5]), 3) == "nan (1/3 seeds nan)"
+    assert format_cell(Estimate.over_seeds([2.0, 2.0]), 2) == "2 ± 0"
+    assert format_cell(Estimate.over_seeds([]), 2) == "n/a"
 
 
 def test_table_cells_with_seeds(tmp_path):
@@ -210,20 +240,20 @@ def test_table_cells_with_seeds(tmp_path):
     ths = [Threshold("eval/accuracy", 0.5), Threshold("eval/accuracy", 0.65)]
     s = compare.summarize_group(groups[0], ["eval/accuracy", "reward/mean"], ths)
     final = s.metrics["eval/accuracy"].final
-    assert final.values == (0.5, 0.6, 0.7) and final.n_runs == 3
+    assert final.values == (0.5, 0.6, 0.7) and s.metrics["eval/accuracy"].n_runs == 3
     assert final.mean == pytest.approx(0.6) and final.half_width == pytest.approx(T975_2 * 0.1 / math.sqrt(3))
-    assert final.format() == "0.6 ± 0.2484"
     # best per seed: max(0.3, 0.5, 0.5)=0.5, max(0.3, 0.2, 0.6)=0.6, max(0.3, 0.1, 0.7)=0.7
     assert s.metrics["eval/accuracy"].best.values == (0.5, 0.6, 0.7)
     # >= 0.5 at steps 2, 3, 3 -> mean 8/3, sd = 1/sqrt(3); >= 0.65 only seed 2 at step 3
     assert s.thresholds[0].steps == (2, 3, 3) and s.thresholds[1].steps == (None, None, 3)
     h = T975_2 * (1 / math.sqrt(3)) / math.sqrt(3)
-    assert s.thresholds[0].estimate.half_width == pytest.approx(h)
-    assert s.thresholds[0].format() == f"2.667 ± {h:.4g} (reached 3/3)"
-    assert s.thresholds[1].format() == "3 (reached 1/3)"
+    assert s.thresholds[0].estimate.mean == pytest.approx(8 / 3)
+    assert s.thresholds[0].estimate.half_width == pytest.approx(h) and s.thresholds[0].reached == 3
+    assert s.thresholds[1].estimate.values == (3.0,) and s.thresholds[1].reached == 1
+    assert s.thresholds[0].format().endswith(" (reached 3/3)") and s.thresholds[1].format() == "3 (reached 1/3)"
     s1 = compare.summarize_group(groups[1], ["eval/accuracy"], ths)
-    assert s1.metrics["eval/accuracy"].final.format() == "0.9"
-    assert [t.format() for t in s1.thresholds] == ["1", "2"]  # 0.5 at step 1, 0.8 at step 2
+    assert s1.metrics["eval/accuracy"].final.values == (0.9,)
+    assert [t.steps for t in s1.thresholds] == [(1,), (2,)]  # 0.5 at step 1, 0.8 at step 2
 
 
 def test_threshold_over_two_seeds_and_none(tmp_path):
@@ -233,8 +263,10 @@ def test_threshold_over_two_seeds_and_none(tmp_path):
                                 [Threshold("eval/accuracy", 0.8), Threshold("eval/accuracy", 0.95)])
     assert s.thresholds[0].steps == (2, 4, None)
     # mean 3, sd sqrt(2), n 2: h = t(0.975, 1) * sqrt(2) / sqrt(2)
-    assert s.thresholds[0].format() == f"3 ± {T975_1:.4g} (reached 2/3)" == "3 ± 12.71 (reached 2/3)"
-    assert s.thresholds[1].format() == "— (reached 0/3)"
+    e = s.thresholds[0].estimate
+    assert (e.mean, e.half_width, s.thresholds[0].reached) == (3.0, pytest.approx(T975_1), 2)
+    assert cell_numbers(s.thresholds[0].format()) == (3.0, pytest.approx(T975_1, abs=0.005))
+    assert s.thresholds[1].reached == 0 and s.thresholds[1].format() == "— (reached 0/3)"
 
 
 def test_seed_missing_a_metric_is_left_out_and_said(tmp_path):
@@ -242,7 +274,8 @@ def test_seed_missing_a_metric_is_left_out_and_said(tmp_path):
     b = make_run(tmp_path, "b", [{"step": 1, "reward/mean": 0.1}], seed=1)
     g = compare.group_runs([compare.load_run(a), compare.load_run(b)])[0]
     s = compare.summarize_group(g, ["eval/accuracy"])
-    assert s.metrics["eval/accuracy"].final.format() == "0.4 (1/2 seeds)"
+    m = s.metrics["eval/accuracy"]
+    assert m.final.values == (0.4,) and m.n_runs == 2
 
 
 def test_markdown_table_and_report(tmp_path):
@@ -250,15 +283,19 @@ def test_markdown_table_and_report(tmp_path):
     groups = compare.group_runs(runs)
     metrics, ths = ["eval/accuracy", "loss/policy"], [Threshold("eval/accuracy", 0.5)]
     table = compare.markdown_table([compare.summarize_group(g, metrics, ths) for g in groups], metrics, ths)
-    best_loss = "0.3333"  # min over steps of 1/s, every seed
-    assert table.splitlines() == [
-        "| group | seeds | eval/accuracy final | eval/accuracy best (max) | steps to eval/accuracy ≥ 0.5 "
-        "| loss/policy final | loss/policy best (min) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        f"| algo.advantage=grpo, algo.k=null | 3 | 0.6 ± 0.2484 | 0.6 ± 0.2484 | 2.667 ± 1.434 (reached 3/3) "
-        f"| {best_loss} ± 0 | {best_loss} ± 0 |",
-        f"| algo.advantage=maxpo, algo.k=4 | 1 | 0.9 | 0.9 | 1 | {best_loss} | {best_loss} |",
-    ]
+    assert table.splitlines()[0] == ("| group | seeds | eval/accuracy final | eval/accuracy best (max) | steps to "
+                                     "eval/accuracy ≥ 0.5 | loss/policy final | loss/policy best (min) |")
+    grpo, maxpo = table_rows(table)
+    h = T975_2 * 0.1 / math.sqrt(3)                                  # seeds 0.5, 0.6, 0.7
+    assert grpo[:2] == ["algo.advantage=grpo, algo.k=null", "3"]
+    assert maxpo[:2] == ["algo.advantage=maxpo, algo.k=4", "1"]
+    def approx(m, h=None):                                           # cells have 4 significant digits
+        return pytest.approx(m, rel=5e-4), None if h is None else pytest.approx(h, rel=5e-4, abs=1e-12)
+
+    assert [cell_numbers(c) for c in grpo[2:]] == [approx(0.6, h), approx(0.6, h), approx(8 / 3, T975_2 / 3),
+                                                   approx(1 / 3, 0), approx(1 / 3, 0)]   # loss: min over steps of 1/s
+    assert grpo[4].endswith("(reached 3/3)")
+    assert [cell_numbers(c) for c in maxpo[2:]] == [approx(0.9), approx(0.9), approx(1), approx(1 / 3), approx(1 / 3)]
     report = compare.render_markdown(groups, metrics, ths)
     assert table in report
     assert "the configs differ in: `algo.advantage`, `algo.k`" in report
@@ -316,7 +353,9 @@ def test_command_prints_markdown(tmp_path, capsys):
     dirs = three_seeds_and_maxpo(tmp_path)
     assert compare.command(args(dirs, threshold=["eval/accuracy=0.5"])) == 0
     out = capsys.readouterr().out
-    assert "| algo.advantage=grpo, algo.k=null | 3 | 0.6 ± 0.2484 |" in out
+    grpo = table_rows(out)[0]
+    assert grpo[:2] == ["algo.advantage=grpo, algo.k=null", "3"]
+    assert cell_numbers(grpo[2]) == (pytest.approx(0.6), pytest.approx(T975_2 * 0.1 / math.sqrt(3), rel=5e-4))
     assert not list(tmp_path.glob("**/*.png")) and not list(tmp_path.glob("**/compare.md"))
 
 
@@ -327,7 +366,7 @@ def test_command_writes_out_dir(tmp_path, capsys):
     printed = capsys.readouterr().out
     md = (out / "compare.md").read_text()
     assert printed.startswith(md)
-    assert "| algo.advantage=maxpo | 1 | 0.9 | 0.9 |" in md
+    assert [r[:4] for r in table_rows(md)][1] == ["algo.advantage=maxpo", "1", "0.9", "0.9"]
     assert sorted(p.name for p in out.glob("*.png")) == ["eval_accuracy_vs_samples.png", "eval_accuracy_vs_step.png"]
     assert all(p.stat().st_size > 0 for p in out.glob("*.png"))
 
@@ -384,3 +423,32 @@ def test_keys_a_run_predates_take_their_defaults(tmp_path):
     groups = compare.group_runs([old, new, other])
     assert [len(g.runs) for g in groups] == [2, 1]
     assert compare.differing_keys(groups) == ["critic.lr"]
+
+
+# ------------------------------------------------------------------------------------------------ flatten_config
+
+def test_flatten_config_keeps_empty_mappings_and_lists_as_values():
+    cfg = {"algo": {"advantage": "grpo", "advantage_kwargs": {}, "loss_kwargs": {"clip": {"low": 0.2}}},
+           "rollout": {"stop": ["\n"]}, "seed": 0}
+    assert compare.flatten_config(cfg) == {"algo.advantage": "grpo", "algo.advantage_kwargs": {},
+                                           "algo.loss_kwargs.clip.low": 0.2, "rollout.stop": ["\n"], "seed": 0}
+    assert compare.flatten_config({"a": {}}) != compare.flatten_config({})       # an empty mapping is not nothing
+
+
+_names = st.text("abcxyz_", min_size=1, max_size=3)
+_configs = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from(["a", "b"]),
+                                  st.lists(st.integers(0, 2), max_size=2)),
+                        lambda inner: st.dictionaries(_names, inner, max_size=3), max_leaves=8)
+
+
+@given(a=st.dictionaries(_names, _configs, max_size=3), b=st.dictionaries(_names, _configs, max_size=3))
+def test_flatten_config_is_lossless(a, b):
+    """Two configs flatten to the same dict exactly when they are equal (keys without dots, as config keys are)."""
+    assert (compare.flatten_config(a) == compare.flatten_config(b)) == (a == b)
+
+
+def test_an_empty_and_a_filled_mapping_differ_in_both_keys(tmp_path):
+    runs = [compare.load_run(make_run(tmp_path, "grpo", acc_rows([0.1, 0.2]))),
+            compare.load_run(make_run(tmp_path, "gae", acc_rows([0.1, 0.2]), algo__advantage_kwargs={"lam": 0.9}))]
+    groups = compare.group_runs(runs)
+    assert compare.differing_keys(groups) == ["algo.advantage_kwargs", "algo.advantage_kwargs.lam"]

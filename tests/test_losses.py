@@ -13,7 +13,7 @@ import zlib
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import loss_oracles as O
 from rlvr import losses
@@ -101,22 +101,35 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("adv_per_token", [False, True], ids=["adv[B]", "adv[B,T]"])
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("name,kw", CONFIGS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CONFIGS)])
-def test_gradient_equals_closed_form(name, kw, mode, adv_per_token):
-    batch = make_batch(_seed(name, mode, adv_per_token), adv_per_token=adv_per_token)
-    per_tok, _, value, grad = run_loss(name, batch, mode, **kw)
-    lists = {k: v.tolist() for k, v in batch.items()}
-    L, G = O.per_token(name, lists["logprobs"], lists["loss_mask"], lists["advantages"],
-                       lists["old_logprobs"], lists["behavior_logprobs"], **kw)
-    W = O.aggregation_weights(lists["loss_mask"], mode)
-    torch.testing.assert_close(per_tok, torch.tensor(L, dtype=F64), **TOL)
-    assert value.item() == pytest.approx(O.aggregate(L, lists["loss_mask"], mode), rel=1e-12, abs=1e-12)
-    expected = torch.tensor(G, dtype=F64) * torch.tensor(W, dtype=F64)
-    torch.testing.assert_close(grad, expected, **TOL)
-    assert torch.all(grad[~batch["loss_mask"]] == 0)
-    assert torch.all(per_tok[~batch["loss_mask"]] == 0)
+def _with_config_examples(fn):
+    """Every config at offset 0 (the batches of ``_seed(name, mode, adv_per_token)`` that
+    test_random_batches_exercise_every_clip_case checks) as explicit examples, on top of drawn offsets."""
+    for config in CONFIGS:
+        fn = example(config=config, offset=0)(fn)
+    return fn
+
+
+@_with_config_examples
+@settings(max_examples=20)    # each example runs 5 aggregation modes × 2 advantage shapes against the loop oracle
+@given(config=st.sampled_from(CONFIGS), offset=st.integers(0, 2**30))
+def test_gradient_equals_closed_form(config, offset):
+    """Autograd of every loss through every aggregation mode (per-sequence and per-token advantages) equals the
+    closed-form per-token gradient times the aggregation weights of the loop oracle."""
+    name, kw = config
+    for mode in MODES:
+        for adv_per_token in (False, True):
+            batch = make_batch(_seed(name, mode, adv_per_token) + offset, adv_per_token=adv_per_token)
+            per_tok, _, value, grad = run_loss(name, batch, mode, **kw)
+            lists = {k: v.tolist() for k, v in batch.items()}
+            L, G = O.per_token(name, lists["logprobs"], lists["loss_mask"], lists["advantages"],
+                               lists["old_logprobs"], lists["behavior_logprobs"], **kw)
+            W = O.aggregation_weights(lists["loss_mask"], mode)
+            torch.testing.assert_close(per_tok, torch.tensor(L, dtype=F64), **TOL)
+            assert value.item() == pytest.approx(O.aggregate(L, lists["loss_mask"], mode), rel=1e-12, abs=1e-12)
+            expected = torch.tensor(G, dtype=F64) * torch.tensor(W, dtype=F64)
+            torch.testing.assert_close(grad, expected, **TOL)
+            assert torch.all(grad[~batch["loss_mask"]] == 0)
+            assert torch.all(per_tok[~batch["loss_mask"]] == 0)
 
 
 @pytest.mark.parametrize("name,kw", [c for c in CONFIGS if c[0] in ("ppo_clip", "decoupled_ppo", "cispo")])

@@ -1,5 +1,8 @@
 """RayBackend: WorkerPool over Ray actors on a local 2-CPU Ray started in a pytest temp dir.
 
+The default tier keeps the shards and weight publishing on Ray (one runtime start); the fault tests, the HF sampler
+in an actor and the async trainer on Ray (each an actor restart or more, seconds on 2 cores) are marked e2e.
+
 One Ray runtime for the module (started by a RayBackend with ``_temp_dir``, which also checks that the token
 goes there, not to ~/.ray). The fault tests share one 2-worker pool and trigger their faults through the
 prompts (see ``ray_fixtures.FakeSampler``), so each costs one actor restart, not a new pool: an actor is a new
@@ -163,6 +166,7 @@ def test_publish_reaches_workers_once_per_version(shared):
     assert_same_rows(r3, reference(PROMPTS, 2, 6, 2, shared.published))
 
 
+@pytest.mark.e2e
 def test_worker_that_exits_mid_call_is_replaced(shared):
     pool = shared.pool
     prompts = [[1, 2], [3], [fx.DIE, 1], [5, 6]]  # shard 1 = prompts 2..3
@@ -175,6 +179,7 @@ def test_worker_that_exits_mid_call_is_replaced(shared):
     assert "worker 1" in pool.stats.errors[-1] and "Actor" in pool.stats.errors[-1]
 
 
+@pytest.mark.e2e
 def test_actor_killed_from_outside_is_replaced(shared):
     pool = shared.pool
     prompts = [[1], [2], [3], [fx.SLOW, 1], [6, 6]]  # shard 1 = prompts 3..4
@@ -198,6 +203,7 @@ def test_actor_killed_from_outside_is_replaced(shared):
     assert _stats(pool) == (restarts + 1, reissued + 2)
 
 
+@pytest.mark.e2e
 def test_hung_worker_is_killed_after_timeout(shared):
     pool = shared.pool
     prompts = [[1], [fx.HANG, 1], [2], [3]]  # shard 0 = prompts 0..1
@@ -215,6 +221,7 @@ def test_hung_worker_is_killed_after_timeout(shared):
     assert "worker 0" in pool.stats.errors[-1] and "hung" in pool.stats.errors[-1]
 
 
+@pytest.mark.e2e
 def test_worker_failing_every_time_raises_and_close_leaves_no_actors(ray_runtime):
     backend = RayBackend(fx.FakeSampler, num_cpus=ACTOR_CPUS, threads=1)
     pool = WorkerPool(backend, num_workers=1, max_restarts=1)
@@ -236,6 +243,7 @@ def test_worker_failing_every_time_raises_and_close_leaves_no_actors(ray_runtime
     assert ray.is_initialized()
 
 
+@pytest.mark.e2e
 def test_hf_sampler_in_an_actor_matches_in_process(ray_runtime):
     from rlvr.models import tiny_random, trainable_state_dict
 
@@ -257,6 +265,7 @@ def test_hf_sampler_in_an_actor_matches_in_process(ray_runtime):
         assert not torch.equal(want2.completion_ids, want.completion_ids)  # the new weights changed the rollout
 
 
+@pytest.mark.e2e
 def test_async_trainer_on_ray_trains_and_survives_a_killed_worker(ray_runtime, tmp_path, monkeypatch):
     """The trainer with rollout.backend=ray: a rollout actor killed between steps is replaced and the run ends
     with every step trained within the staleness bound."""

@@ -475,19 +475,6 @@ def test_check_generate_args_vocab_bound_tensors_and_empty():
         check_generate_args("S", [], params, 1, 0, allow_empty=False)
 
 
-def test_bench_counts_tokens_and_reports_ratios(tiny):
-    from rlvr.bench.generate import _counted_tokens, run
-
-    new = torch.tensor([[5, 6, EOS, PAD], [EOS, PAD, PAD, PAD], [5, 5, 5, 5], [5, PAD, 7, PAD], [PAD] * 4])
-    # up to and including the first EOS; trailing pads (a stop-string finish) do not count, inner ones do
-    assert _counted_tokens(new, [EOS], PAD) == 3 + 1 + 4 + 3 + 0
-    assert _counted_tokens(new, [EOS], EOS) == 3 + 1 + 4 + 4 + 4
-    model, tok = tiny
-    rows = run(model, tok, prompts=2, n=2, max_new_tokens=3, repeats=1)
-    assert [r["method"] for r in rows] == ["HFSampler", "HF generate"]
-    assert rows[1]["ratio"] == 1.0 and all(r["tok_s"] > 0 and 4 <= r["tokens"] <= 12 for r in rows)
-
-
 # ----------------------------------------------------------------------------------------------
 # Behaviour log-probs (SamplingParams.logprobs) and load_weights
 # ----------------------------------------------------------------------------------------------

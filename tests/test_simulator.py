@@ -7,8 +7,8 @@ import threading
 import pytest
 import torch
 
+from benchmarks.simulator import SimSampler, sim_logprobs
 from rlvr.rollout import Sampler, token_probs
-from rlvr.rollout.simulator import SimSampler, sim_logprobs
 from rlvr.types import SamplingParams
 
 # chi-square critical values at upper tail 0.001, by degrees of freedom

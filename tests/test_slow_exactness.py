@@ -5,8 +5,8 @@ import itertools
 import pytest
 import torch
 
+import maxk_references as B
 from rlvr import advantages as A
-from rlvr.bench import advantages as B
 
 F64 = torch.float64
 pytestmark = pytest.mark.slow

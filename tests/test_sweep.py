@@ -1,18 +1,21 @@
-"""`rlvr sweep`: expansion and validation of sweep files, and real sweeps of tiny-random runs (2 steps each)
-through the CLI: run directories, the compare report, sweep.json, resuming, a failing run, --dry-run."""
+"""`rlvr sweep`: expansion and validation of sweep files; the runner (resuming, --jobs, failed runs, sweep.json, the
+report) in the default tier with a stand-in for `rlvr train` that writes a run's files in milliseconds; and real
+sweeps of tiny-random runs (2 steps each) through the CLI, marked e2e."""
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from rlvr import sweep as sweep_module
 from rlvr.cli import main
 from rlvr.config import load_config
 from rlvr.metrics import read_metrics
-from rlvr.sweep import SweepError, expand, load_sweep, run_name
+from rlvr.sweep import SweepError, expand, load_sweep, read_plan, run_name
 
 # The tiny run of tests/test_train_e2e.py, 2 steps, no evaluation at the start.
 TINY = {"steps": 2, "model": {"name": "tiny-random"},
@@ -193,6 +196,110 @@ def _table_rows(md: str) -> list[list[str]]:
     return rows[1:]  # without the header (the |---| line does not start with "| ")
 
 
+# ----------------------------------------------------------------------------- the runner, with a stand-in trainer
+
+FAKE_TRAIN = r'''
+"""Stands in for `rlvr train [BASE] OVERRIDES --run-dir DIR` / `OVERRIDES --resume DIR`: writes config.yaml, one
+metrics row and one checkpoint per step (resuming after the latest), without a model."""
+import json, sys
+from pathlib import Path
+from rlvr.config import dump_config, load_config
+
+argv = sys.argv[1:]
+flag = "--resume" if "--resume" in argv else "--run-dir"
+run, rest = Path(argv[argv.index(flag) + 1]), argv[:argv.index(flag)]
+if flag == "--resume":
+    cfg, start = load_config(run / "config.yaml", rest), int((run / "checkpoints" / "latest").read_text()[5:])
+else:
+    base = rest.pop(0) if rest and "=" not in rest[0] else None
+    cfg, start = load_config(base, rest), 0
+if cfg.data.source.startswith("/nonexistent"):
+    sys.exit(print("rlvr train: error: no data file " + cfg.data.source) or 2)
+run.mkdir(parents=True, exist_ok=True)
+dump_config(cfg, run / "config.yaml")
+with open(run / "metrics.jsonl", "a") as f:
+    for step in range(start + 1, cfg.steps + 1):
+        f.write(json.dumps({"step": step, "reward/mean": cfg.optim.lr * step, "eval/accuracy": cfg.seed / 10}) + "\n")
+        ckpt = run / "checkpoints" / f"step_{step:06d}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "state.json").write_text(json.dumps({"step": step}))
+        (run / "checkpoints" / "latest").write_text(ckpt.name + "\n")
+'''
+
+
+@pytest.fixture
+def fake_train(tmp_path, monkeypatch):
+    """Every run of a sweep is FAKE_TRAIN with the arguments `rlvr train` would get."""
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    real = sweep_module.train_command
+    sw = sweep_module.Sweep(Path("s.yaml"), None, [], [0], {}, None, Path("o"), sweep_module.CompareSettings())
+    spec = sweep_module.RunSpec("seed=0", None, {}, 0, ["seed=0"], None, Path("o/seed=0"))
+    assert real(sw, spec, False) == [sys.executable, "-m", "rlvr", "train", "seed=0", "--run-dir", "o/seed=0"]
+    monkeypatch.setattr(sweep_module, "train_command",
+                        lambda sweep, spec, resume: [sys.executable, str(script), *real(sweep, spec, resume)[4:]])
+    return script
+
+
+FAST = """
+base: tiny.yaml
+seeds: [0, 1]
+variants:
+  a: [optim.lr=0.01]
+  b: [optim.lr=0.02]
+  broken: [data.source=/nonexistent/problems.jsonl]
+out: out
+compare:
+  metrics: [reward/mean, eval/accuracy]
+  label_keys: [optim.lr]
+"""
+
+
+def test_runner_runs_resumes_restarts_records_failures_and_reports(sweep_dir, fake_train, capsys):
+    path = _write(sweep_dir / "fast.yaml", FAST)
+    assert main(["sweep", str(path), "--jobs", "2"]) == 1                     # the broken variant fails
+    out = Path("out")
+    runs = {r["name"]: r for r in read_plan(out)}
+    assert list(runs) == ["a__seed=0", "a__seed=1", "b__seed=0", "b__seed=1", "broken__seed=0", "broken__seed=1"]
+    assert {n: r["status"] for n, r in runs.items()} == {"a__seed=0": "started", "a__seed=1": "started",
+                                                         "b__seed=0": "started", "b__seed=1": "started",
+                                                         "broken__seed=0": "failed", "broken__seed=1": "failed"}
+    assert runs["broken__seed=0"]["returncode"] == 2 and runs["broken__seed=0"]["note"] == "exit status 2"
+    assert all(r["seconds"] > 0 and r["returncode"] in (0, 2) for r in runs.values())
+    assert "no data file" in (out / "logs" / "broken__seed=0.log").read_text()
+    err = capsys.readouterr().err
+    assert "2 run(s) failed" in err and "broken__seed=1 (exit status 2)" in err
+    report = _table_rows((out / "report" / "compare.md").read_text())       # the four complete runs, two groups
+    assert [(r[0], r[1]) for r in report] == [("optim.lr=0.01", "2"), ("optim.lr=0.02", "2")]
+    assert [float(r[2].split(" ")[0]) for r in report] == [pytest.approx(0.02), pytest.approx(0.04)]  # lr · step 2
+
+    shutil.rmtree(out / "a__seed=1" / "checkpoints" / "step_000002")           # as if killed during step 2
+    (out / "a__seed=1" / "checkpoints" / "latest").write_text("step_000001\n")
+    (out / "a__seed=1" / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/mean": 0.01,
+                                                                 "eval/accuracy": 0.1}) + "\n")
+    shutil.rmtree(out / "b__seed=0" / "checkpoints")                           # as if killed before its first one
+    assert main(["sweep", str(path), "--only", "a__", "--only", "b__"]) == 0
+    runs = {r["name"]: r for r in read_plan(out)}
+    assert [runs[n]["status"] for n in runs] == ["done", "resumed", "started", "done", "excluded", "excluded"]
+    assert runs["b__seed=0"]["moved_aside"].endswith("b__seed=0.failed-1")
+    assert [r["step"] for r in read_metrics(out / "a__seed=1")] == [1, 2]       # continued, not restarted
+    assert "--resume out/a__seed=1" in (out / "logs" / "a__seed=1.log").read_text()
+    assert runs["a__seed=0"]["seconds"] > 0                                   # kept from the first invocation
+
+
+def test_interrupting_a_sweep_stops_its_runs_and_records_them(sweep_dir, fake_train, monkeypatch, capsys):
+    path = _write(sweep_dir / "fast.yaml", FAST)
+
+    def interrupted(fs):                                          # Ctrl-C while the first runs are going
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sweep_module, "as_completed", interrupted)
+    assert main(["sweep", str(path), "--jobs", "2", "--only", "a__"]) == 130
+    runs = read_plan("out")
+    assert {r["status"] for r in runs} <= {"pending", "failed", "excluded"}
+    assert all(r["note"] == "interrupted" for r in runs if r["status"] == "failed")
+    assert "interrupted; run the same command again" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
     """One real sweep: 2 variants × 2 learning rates × 1 seed = 4 runs of 2 steps, two at a time."""
@@ -212,6 +319,7 @@ def e2e(tmp_path_factory):
     return root, path, rc, buf.getvalue()
 
 
+@pytest.mark.e2e
 def test_sweep_runs_every_run_and_writes_the_report(e2e):
     root, _, rc, out = e2e
     assert rc == 0, out
@@ -234,6 +342,7 @@ def test_sweep_runs_every_run_and_writes_the_report(e2e):
     assert (root / "out" / "report" / "eval_accuracy_vs_step.png").is_file()
 
 
+@pytest.mark.e2e
 def test_resume_skips_done_runs_continues_interrupted_and_restarts_crashed(e2e, tmp_path, monkeypatch, capsys):
     root, path, rc, _ = e2e
     assert rc == 0
@@ -269,6 +378,7 @@ def test_resume_skips_done_runs_continues_interrupted_and_restarts_crashed(e2e, 
     assert "# rlvr compare" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_a_failing_run_is_reported_and_the_others_still_run(sweep_dir, capsys):
     path = _write(sweep_dir / "fail.yaml", """
 base: tiny.yaml

@@ -28,6 +28,7 @@ def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("lora", [False, True])
 def test_cli_trains_tiny_random_and_changes_every_trainable_parameter(tmp_path, lora):
     run = tmp_path / "run"
@@ -55,6 +56,7 @@ def test_cli_trains_tiny_random_and_changes_every_trainable_parameter(tmp_path, 
     assert not unchanged, f"parameters that did not change: {unchanged}"
 
 
+@pytest.mark.e2e   # in-process twin in test_cli.py
 def test_config_errors_exit_2_naming_the_key(tmp_path):
     res = _cli("algo.advantag=grpo", cwd=tmp_path)
     assert res.returncode == 2 and "algo.advantag" in res.stderr

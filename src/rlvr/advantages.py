@@ -583,7 +583,7 @@ def maxpo(rewards: Tensor, *, k: int) -> Tensor:
     Gradients" (MaxPO), arXiv 2606.06080. The closed form above is our derivation from the paper's
     definition (L2O baseline, exact centring), cross-checked by brute force; see docs/algorithms.md.
     Deviations: computed in O(G log G) per group instead of the paper's quadratic construction
-    (tests and `rlvr bench advantages` check they agree to 1e-9). Requires G >= k + 1.
+    (tests and `python -m benchmarks advantages` check they agree to 1e-9). Requires G >= k + 1.
     Example: maxpo(torch.tensor([[0., 1., 3.]]), k=2) -> [[−1.0, −1.0, 2.0]].
     """
     r = _check_rewards(rewards, "maxpo")

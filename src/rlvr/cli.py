@@ -157,23 +157,27 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _summary(module: Any) -> str:
+    """A module docstring's first paragraph, filled to the terminal, and where the rest is (``--help`` fits on a
+    screen; the reference is ``pydoc``)."""
+    import shutil
+    import textwrap
+
+    first = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())
+    width = max(40, min(100, shutil.get_terminal_size().columns) - 2)
+    return f"{textwrap.fill(first, width)}\n\nReference: python -m pydoc {module.__name__}"
+
+
 def _module_command(sub: Any, name: str, module: Any, help: str) -> None:
-    """A subcommand whose arguments (``add_arguments``), action (``command``) and description (the docstring)
-    live in ``module``."""
-    p = sub.add_parser(name, help=help, description=module.__doc__,
+    """A subcommand whose arguments (``add_arguments``), action (``command``) and description (the docstring's
+    first paragraph, with where the rest is) live in ``module``."""
+    p = sub.add_parser(name, help=help, description=_summary(module),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(p)
     p.set_defaults(func=module.command)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlvr", description="Reinforcement learning with verifiable rewards.")
-    parser.add_argument("--version", action="version", version=f"rlvr {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser("list", help="list the registered advantage estimators, losses, aggregations and KL estimators")
-    p.set_defaults(func=_cmd_list)
-
+def _add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="train an exactly solvable toy policy with every estimator and print exact pass@k")
     p.add_argument("--problems", type=int, default=64)
     p.add_argument("--answers", type=int, default=6)
@@ -184,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3)
     p.set_defaults(func=_cmd_demo)
 
+
+def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="RL-train a model; no arguments runs the embedded default (SmolLM2 + LoRA, "
                                      "GRPO on arithmetic, CPU)",
                        description="rlvr train [CONFIG.yaml] [section.key=value ...]. Without a config the defaults "
@@ -195,12 +201,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_plot(sub: Any) -> None:
     p = sub.add_parser("plot", help="write PNG curves (reward, accuracy, KL, entropy, length) of a run")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", help="output directory (default RUN_DIR/plots)")
     p.set_defaults(func=_cmd_plot)
 
-    from rlvr import compare, study, sweep
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rlvr`` parser: one subcommand per command (benchmarks and studies are scripts outside the package:
+    ``python -m benchmarks``, ``python -m studies``)."""
+    parser = argparse.ArgumentParser(prog="rlvr", description="Reinforcement learning with verifiable rewards.")
+    parser.add_argument("--version", action="version", version=f"rlvr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p = sub.add_parser("list", help="list the registered advantage estimators, losses, aggregations and KL estimators")
+    p.set_defaults(func=_cmd_list)
+    _add_demo(sub)
+    _add_train(sub)
+    _add_plot(sub)
+    from rlvr import compare, sweep
     from rlvr.eval import command as eval_command
 
     _module_command(sub, "eval", eval_command, "evaluate a model, run or checkpoint: pass@k, maj@k, mean@n with "
@@ -209,34 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
                                              "with 95%% t-intervals, overlaid curves")
     _module_command(sub, "sweep", sweep, "run a study from a sweep file (variants × grid × seeds of rlvr train), "
                                          "resumably, then the rlvr compare report")
-    _module_command(sub, "study", study, "the tables and plot of one study in docs/results.md (aapo, maxpo, "
-                                         "async) from its finished sweep")
-
-    bench = sub.add_parser("bench", help="benchmarks (figures printed, not asserted)")
-    bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
-    from rlvr.bench import advantages as bench_advantages
-    from rlvr.bench import async_ as bench_async
-    from rlvr.bench import generate as bench_generate
-
-    _module_command(bench_sub, "advantages", bench_advantages, "time every advantage estimator; maxpo/pkpo vs O(G²) "
-                                                              "and enumeration")
-    _module_command(bench_sub, "generate", bench_generate, "tokens/s of rlvr's HFSampler vs transformers' generate, "
-                                                          "same run")
-    from rlvr.bench import variance as bench_variance
-
-    _module_command(bench_sub, "variance", bench_variance, "gradient bias and variance of the max@k estimators: "
-                                                           "exact on the bandit toy (enumeration), or Monte Carlo "
-                                                           "on tiny-arith (--setting tiny-arith)")
-    _module_command(bench_sub, "async", bench_async, "async vs sync wall-clock for the same samples (simulator or "
-                                                    "tiny-arith): speed-up, staleness, drops, timeline")
-    from rlvr.bench import trl as bench_trl
-
-    _module_command(bench_sub, "trl", bench_trl, "rlvr's GRPO step vs TRL's GRPOTrainer step, same model, prompts and "
-                                                "settings: s/step, samples/s, where the time goes")
-    from rlvr.bench import utilisation as bench_utilisation
-
-    _module_command(bench_sub, "utilisation", bench_utilisation, "tokens/s of generation and training and their "
-                                                                 "FLOP/s as a fraction of the matmul peak (MFU)")
     return parser
 
 

@@ -37,12 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from rlvr.eval.metrics import Estimate
+
 __all__ = [
-    "IGNORED_KEYS", "Run", "Group", "Threshold", "Estimate", "MetricSummary", "ThresholdSummary", "GroupSummary",
+    "IGNORED_KEYS", "Run", "Group", "Threshold", "MetricSummary", "ThresholdSummary", "GroupSummary",
     "CompareError", "load_run", "merge_rows", "flatten_config", "group_runs", "differing_keys", "label_groups",
-    "higher_is_better",
-    "parse_threshold", "mean_ci", "final_value", "best_value", "steps_to_reach", "summarize_group",
-    "markdown_table", "render_markdown", "plot_metrics", "add_arguments", "command",
+    "higher_is_better", "parse_threshold", "final_value", "best_value", "steps_to_reach", "summarize_group",
+    "format_cell", "markdown_table", "render_markdown", "plot_metrics", "add_arguments", "command",
 ]
 
 IGNORED_KEYS = ("seed", "log.*")
@@ -181,12 +182,14 @@ def _with_defaults(path: Path, config: dict[str, Any]) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------------------- groups
 
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> ``{"algo.advantage": "grpo", ...}`` in the config's order (lists stay values; empty
-    mappings vanish)."""
+    """Nested mapping -> ``{"algo.advantage": "grpo", ...}`` in the config's order. Lists stay values, and so does
+    an empty mapping (``algo.advantage_kwargs: {}``), so that nothing is lost: two configs flatten to the same dict
+    exactly when they are equal (``{"a": {}}`` and ``{}`` differ in key ``a``). ``rlvr compare`` groups runs and
+    ``rlvr sweep`` checks an existing run's config with it."""
     flat: dict[str, Any] = {}
     for k, v in config.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict):
+        if isinstance(v, dict) and v:
             flat.update(flatten_config(v, key + "."))
         else:
             flat[key] = v
@@ -330,22 +333,6 @@ def parse_threshold(text: str) -> Threshold:
     return Threshold(metric, v)
 
 
-def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float | None]:
-    """(mean, h): h = t_{(1+c)/2, n-1} · sd / sqrt(n), sd with n-1; h is None for one value."""
-    n = len(values)
-    if n == 0:
-        raise ValueError("mean_ci of no values")
-    mean = math.fsum(values) / n
-    if n == 1:
-        return mean, None
-    if any(math.isnan(v) for v in values):
-        return math.nan, math.nan
-    from scipy.stats import t
-
-    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, float(t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n)
-
-
 def _fmt(x: float) -> str:
     if math.isnan(x):
         return "nan"
@@ -356,37 +343,17 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """One table cell: a value per seed that has it (``n_runs`` seeds in the group)."""
-
-    values: tuple[float, ...]
-    n_runs: int
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float:
-        return mean_ci(self.values)[0] if self.values else math.nan
-
-    @property
-    def half_width(self) -> float | None:
-        return mean_ci(self.values)[1] if self.values else None
-
-    def format(self) -> str:
-        if not self.values:
-            return "n/a"
-        mean, h = mean_ci(self.values)
-        nans = sum(math.isnan(v) for v in self.values)
-        if h is None or nans:
-            text = _fmt(mean) + (f" ({nans}/{self.n} seeds nan)" if nans and self.n > 1 else "")
-        else:
-            text = f"{_fmt(mean)} ± {_fmt(h)}"
-        if self.n < self.n_runs:
-            text += f" ({self.n}/{self.n_runs} seeds)"
-        return text
+def format_cell(e: Estimate, n_runs: int) -> str:
+    """A table cell: ``mean ± h`` (one seed: the value; a NaN seed: ``nan (k/n seeds nan)``), then ``(k/n seeds)``
+    when only k of the group's ``n_runs`` seeds have the value; ``n/a`` for none."""
+    if not e.values:
+        return "n/a"
+    nans = sum(math.isnan(v) for v in e.values)
+    if e.half_width is None or nans:
+        text = _fmt(e.mean) + (f" ({nans}/{e.n} seeds nan)" if nans and e.n > 1 else "")
+    else:
+        text = f"{_fmt(e.mean)} ± {_fmt(e.half_width)}"
+    return text + (f" ({e.n}/{n_runs} seeds)" if e.n < n_runs else "")
 
 
 def final_value(run: Run, metric: str) -> float | None:
@@ -419,6 +386,8 @@ class MetricSummary:
     metric: str
     final: Estimate
     best: Estimate
+    n_runs: int
+    """Seeds in the group (a seed without the metric has no value in ``final`` or ``best``)."""
 
 
 @dataclass(frozen=True)
@@ -433,11 +402,12 @@ class ThresholdSummary:
 
     @property
     def estimate(self) -> Estimate:
-        return Estimate(tuple(float(s) for s in self.steps if s is not None), self.reached)
+        """Steps to the threshold over the seeds that reached it."""
+        return Estimate.over_seeds([float(s) for s in self.steps if s is not None])
 
     def format(self) -> str:
         n = len(self.steps)
-        text = self.estimate.format() if self.reached else "—"
+        text = format_cell(self.estimate, self.reached) if self.reached else "—"
         return text if n == 1 else f"{text} (reached {self.reached}/{n})"
 
 
@@ -454,7 +424,7 @@ def summarize_group(group: Group, metrics: Sequence[str], thresholds: Sequence[T
     for m in metrics:
         finals = [v for v in (final_value(r, m) for r in group.runs) if v is not None]
         bests = [v for v in (best_value(r, m) for r in group.runs) if v is not None]
-        out.metrics[m] = MetricSummary(m, Estimate(tuple(finals), group.n), Estimate(tuple(bests), group.n))
+        out.metrics[m] = MetricSummary(m, Estimate.over_seeds(finals), Estimate.over_seeds(bests), group.n)
     for th in thresholds:
         out.thresholds.append(ThresholdSummary(th, tuple(steps_to_reach(r, th) for r in group.runs)))
     return out
@@ -474,8 +444,8 @@ def markdown_table(summaries: Sequence[GroupSummary], metrics: Sequence[str],
     placed: set[int] = set()
     for m in metrics:
         best = "max" if higher_is_better(m) else "min"
-        cols.append((f"{m} final", lambda s, m=m: s.metrics[m].final.format()))
-        cols.append((f"{m} best ({best})", lambda s, m=m: s.metrics[m].best.format()))
+        cols.append((f"{m} final", lambda s, m=m: format_cell(s.metrics[m].final, s.group.n)))
+        cols.append((f"{m} best ({best})", lambda s, m=m: format_cell(s.metrics[m].best, s.group.n)))
         for i, th in enumerate(thresholds):
             if th.metric == m:
                 placed.add(i)

@@ -33,8 +33,9 @@ A run directory that already exists must hold the same config (``steps`` and ``l
 
 Each run is a subprocess ``python -m rlvr train BASE OVERRIDES... --run-dir OUT/<name>`` (environment plus
 ``HF_HUB_OFFLINE=1`` unless set), its stdout and stderr appended to ``OUT/logs/<name>.log``; a crash or OOM of one
-run does not stop the sweep. Runs are sequential; ``--jobs N`` runs N at a time, each with ``OMP_NUM_THREADS`` =
-cores / N (unless set) so that they do not fight over the cores. Resuming is per run, so re-running the same
+run does not stop the sweep. Runs are sequential; ``--jobs N`` runs N at a time (a thread pool of N workers, each
+waiting on its subprocess), each with ``OMP_NUM_THREADS`` = cores / N (unless set) so that they do not fight over the
+cores. Resuming is per run, so re-running the same
 command continues a sweep:
 
 * the latest checkpoint has reached the run's ``steps``: done, skipped;
@@ -66,8 +67,10 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import typing
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -76,8 +79,8 @@ import yaml
 
 from rlvr.config import ConfigError, TrainConfig, load_config, parse_override, to_dict
 
-__all__ = ["SweepError", "SWEEP_KEYS", "COMPARE_KEYS", "Sweep", "RunSpec", "load_sweep", "expand", "run_state",
-           "train_command", "run_sweep", "write_report", "add_arguments", "command"]
+__all__ = ["SweepError", "SWEEP_KEYS", "COMPARE_KEYS", "Sweep", "RunSpec", "load_sweep", "read_plan", "expand",
+           "run_state", "train_command", "run_sweep", "write_report", "add_arguments", "command"]
 
 SWEEP_KEYS = ("base", "overrides", "seeds", "grid", "variants", "out", "compare")
 COMPARE_KEYS = ("metrics", "thresholds", "label_keys")
@@ -236,9 +239,8 @@ def _resolve_base(path: Path, base: Any) -> str | None:
     raise _err(path, "base", f"no config file {base!r} (looked in the current directory and in {path.parent})")
 
 
-def load_sweep(path: str | Path, cli_overrides: Sequence[str] = (), out: str | Path | None = None) -> Sweep:
-    """Read and check the sweep file's structure (configs are built by ``expand``)."""
-    p = Path(path)
+def _read_file(p: Path) -> dict[str, Any]:
+    """The sweep file's top-level mapping (unknown keys refused)."""
     if not p.is_file():
         raise SweepError(f"no sweep file {str(p)!r}")
     try:
@@ -251,19 +253,20 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = (), out: str | P
     for key in data:
         if key not in SWEEP_KEYS:
             raise _err(p, str(key), f"unknown key; valid keys: {', '.join(SWEEP_KEYS)}")
+    return data
 
-    base = _resolve_base(p, data.get("base"))
-    overrides = _check_overrides(p, "overrides", data.get("overrides"))
 
-    seeds = data.get("seeds", [0])
+def _load_seeds(p: Path, seeds: Any) -> list[int]:
     seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
     if not isinstance(seeds, list) or not seeds or \
             not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise _err(p, "seeds", f"must be a non-empty list of integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise _err(p, "seeds", f"repeats a seed: {seeds}")
+    return list(seeds)
 
-    grid_raw = data.get("grid") or {}
+
+def _load_grid(p: Path, grid_raw: Any) -> dict[str, list[Any]]:
     if not isinstance(grid_raw, dict):
         raise _err(p, "grid", f"must be a mapping of config key -> list of values, got {grid_raw!r}")
     grid: dict[str, list[Any]] = {}
@@ -282,26 +285,47 @@ def load_sweep(path: str | Path, cli_overrides: Sequence[str] = (), out: str | P
         if not values:
             raise _err(p, key, "is empty (an empty axis gives no runs)")
         grid[axis] = values
+    return grid
 
-    variants_raw = data.get("variants")
-    variants: dict[str, list[str]] | None = None
-    if variants_raw is not None:
-        if not isinstance(variants_raw, dict) or not variants_raw:
-            raise _err(p, "variants", f"must be a non-empty mapping of name -> list of overrides, got {variants_raw!r}")
-        variants = {}
-        for name, ovs in variants_raw.items():
-            if not isinstance(name, (str, int)) or isinstance(name, bool) or not str(name).strip():
-                raise _err(p, f"variants.{name}", "a variant name must be a non-empty string")
-            variants[str(name)] = _check_overrides(p, f"variants.{name}", ovs)
 
+def _load_variants(p: Path, raw: Any) -> dict[str, list[str]] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not raw:
+        raise _err(p, "variants", f"must be a non-empty mapping of name -> list of overrides, got {raw!r}")
+    variants = {}
+    for name, ovs in raw.items():
+        if not isinstance(name, (str, int)) or isinstance(name, bool) or not str(name).strip():
+            raise _err(p, f"variants.{name}", "a variant name must be a non-empty string")
+        variants[str(name)] = _check_overrides(p, f"variants.{name}", ovs)
+    return variants
+
+
+def load_sweep(path: str | Path, cli_overrides: Sequence[str] = (), out: str | Path | None = None) -> Sweep:
+    """Read and check the sweep file's structure (configs are built by ``expand``)."""
+    p = Path(path)
+    data = _read_file(p)
     out_raw = data.get("out")
     if out_raw is not None and (not isinstance(out_raw, str) or not out_raw.strip()):
         raise _err(p, "out", f"must be a directory path, got {out_raw!r}")
     out_dir = Path(out) if out is not None else Path(out_raw) if out_raw else Path("runs/sweeps") / p.stem
+    return Sweep(p, _resolve_base(p, data.get("base")), _check_overrides(p, "overrides", data.get("overrides")),
+                 _load_seeds(p, data.get("seeds", [0])), _load_grid(p, data.get("grid") or {}),
+                 _load_variants(p, data.get("variants")), out_dir, _load_compare(p, data.get("compare")),
+                 _check_overrides(p, "command-line overrides", list(cli_overrides)))
 
-    compare = _load_compare(p, data.get("compare"))
-    cli = _check_overrides(p, "command-line overrides", list(cli_overrides))
-    return Sweep(p, base, overrides, list(seeds), grid, variants, out_dir, compare, cli)
+
+def read_plan(out_dir: str | Path) -> list[dict[str, Any]]:
+    """The runs recorded in a sweep's ``OUT/sweep.json``, in plan order: one dict per run with ``name``,
+    ``variant``, ``grid``, ``seed`` and ``status`` (and the other fields of the module docstring).
+    FileNotFoundError when ``out_dir`` holds no sweep.json; ValueError when it lists no runs."""
+    path = Path(out_dir) / "sweep.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no sweep.json in {Path(out_dir)} (run `rlvr sweep SWEEP.yaml` first)")
+    runs = json.loads(path.read_text()).get("runs", [])
+    if not runs:
+        raise ValueError(f"{path}: the plan lists no runs")
+    return runs
 
 
 def _load_compare(p: Path, raw: Any) -> CompareSettings:
@@ -362,16 +386,6 @@ def run_name(variant: str | None, grid: dict[str, Any], seed: int) -> str:
     if len(name) > MAX_NAME:
         name = name[:MAX_NAME - 9] + "~" + hashlib.sha1(name.encode()).hexdigest()[:8]
     return name
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def expand(sweep: Sweep) -> list[RunSpec]:
@@ -445,12 +459,14 @@ def run_state(spec: RunSpec) -> RunState:
 
 def _check_existing(sweep: Sweep, spec: RunSpec) -> None:
     """An existing run directory with a checkpoint must hold this run's config (``steps`` and ``log.*`` aside)."""
+    from rlvr.compare import flatten_config
+
     path = spec.run_dir / "config.yaml"
     try:
-        have = _flat(to_dict(load_config(path)))
+        have = flatten_config(to_dict(load_config(path)))
     except ConfigError as e:
         raise SweepError(f"{sweep.path}: run {spec.name}: the existing {path} cannot be read: {e}") from None
-    want = _flat(to_dict(spec.config))
+    want = flatten_config(to_dict(spec.config))
     diff = [k for k in dict.fromkeys([*want, *have]) if k != "steps" and not k.startswith("log.")
             and want.get(k, "<unset>") != have.get(k, "<unset>")]
     if diff:
@@ -536,9 +552,8 @@ def _plan_lines(sweep: Sweep, entries: list[_Entry], overrides: bool = True) -> 
     return lines
 
 
-def run_sweep(sweep: Sweep, specs: list[RunSpec], *, only: Sequence[str] = (), jobs: int = 1,
-              dry_run: bool = False) -> int:
-    """Run the plan (see the module docstring); 0 if every selected run completed and the report was written."""
+def _plan(sweep: Sweep, specs: list[RunSpec], only: Sequence[str]) -> list[_Entry]:
+    """Each run's state (an existing directory must hold its config) and whether ``--only`` selects it."""
     entries = []
     for spec in specs:
         state = run_state(spec)
@@ -549,119 +564,136 @@ def run_sweep(sweep: Sweep, specs: list[RunSpec], *, only: Sequence[str] = (), j
         entries.append(_Entry(spec, state, selected, status))
     if only and not any(e.selected for e in entries):
         raise SweepError(f"--only {' '.join(only)}: matches no run of {sweep.path}")
-    print("\n".join(_plan_lines(sweep, entries, overrides=dry_run)), flush=True)
-    if dry_run:
-        return 0
+    return entries
 
-    sweep.out.mkdir(parents=True, exist_ok=True)
-    (sweep.out / "logs").mkdir(exist_ok=True)
-    previous = _previous_seconds(sweep.out / "sweep.json")
-    for e in entries:
-        if e.status == "done":
-            e.seconds = previous.get(e.spec.name)
-    started_at = datetime.datetime.now().isoformat(timespec="seconds")
 
-    def save() -> None:
-        _write_json(sweep.out / "sweep.json", {
-            "sweep": str(sweep.path), "base": sweep.base, "out": str(sweep.out), "overrides": sweep.overrides,
-            "seeds": sweep.seeds, "grid": sweep.grid, "variants": sweep.variants,
-            "cli_overrides": sweep.cli_overrides, "only": list(only), "started": started_at,
-            "updated": datetime.datetime.now().isoformat(timespec="seconds"),
-            "compare": dataclasses.asdict(sweep.compare), "runs": [e.record(sweep.out) for e in entries]})
+class _Runner:
+    """Runs entries as ``rlvr train`` subprocesses (each from a thread of a standard executor) and records every
+    start and end in ``OUT/sweep.json``; ``stop`` terminates what is running."""
 
-    save()
-    todo = [e for e in entries if e.status == "pending"]
-    env = dict(os.environ)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    if jobs > 1:  # N runs each spinning all cores' worth of OpenMP threads slow each other down several-fold
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
-    active: list[tuple[_Entry, subprocess.Popen, Any, float]] = []
-    queue = list(todo)
-    done_count = 0
+    def __init__(self, sweep: Sweep, entries: list[_Entry], only: Sequence[str], jobs: int) -> None:
+        self.sweep, self.entries, self.only = sweep, entries, list(only)
+        self.todo = sum(e.status == "pending" for e in entries)
+        self.lock = threading.Lock()
+        self.active: dict[str, subprocess.Popen] = {}
+        self.launched, self.stopping = 0, False
+        self.started = datetime.datetime.now().isoformat(timespec="seconds")
+        self.env = dict(os.environ)
+        self.env.setdefault("HF_HUB_OFFLINE", "1")
+        self.env.setdefault("PYTHONUNBUFFERED", "1")
+        if jobs > 1:  # N runs each spinning all cores' worth of OpenMP threads slow each other down several-fold
+            self.env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
 
-    def launch(e: _Entry) -> None:
-        spec = e.spec
-        resume = e.state.action == "resume"
-        if e.state.action == "restart":
+    def save(self) -> None:
+        sw = self.sweep
+        with self.lock:
+            _write_json(sw.out / "sweep.json", {
+                "sweep": str(sw.path), "base": sw.base, "out": str(sw.out), "overrides": sw.overrides,
+                "seeds": sw.seeds, "grid": sw.grid, "variants": sw.variants, "cli_overrides": sw.cli_overrides,
+                "only": self.only, "started": self.started,
+                "updated": datetime.datetime.now().isoformat(timespec="seconds"),
+                "compare": dataclasses.asdict(sw.compare), "runs": [e.record(sw.out) for e in self.entries]})
+
+    def run(self, e: _Entry) -> None:
+        """Start (or resume, or restart) one run, wait for it, record how it ended."""
+        spec, action = e.spec, e.state.action
+        if self.stopping:
+            return
+        if action == "restart":
             e.moved_aside = str(_move_aside(spec.run_dir))
-        log_path = sweep.out / "logs" / f"{spec.name}.log"
-        cmd = train_command(sweep, spec, resume)
-        log = open(log_path, "a")
-        log.write(f"# rlvr sweep {datetime.datetime.now().isoformat(timespec='seconds')}: "
-                  f"{' '.join(cmd[1:])}\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        e.status = "running"
-        active.append((e, proc, log, time.perf_counter()))
-        verb = {"resume": f"resume from step {e.state.step}", "restart": f"restart (moved aside to "
-                f"{Path(e.moved_aside or '').name})", "start": "start"}[e.state.action]
-        print(f"[{len(todo) - len(queue)}/{len(todo)}] {verb}: {spec.name}  (log {log_path})", flush=True)
-        save()
+        log_path = self.sweep.out / "logs" / f"{spec.name}.log"
+        cmd = train_command(self.sweep, spec, action == "resume")
+        with open(log_path, "a") as log:
+            log.write(f"# rlvr sweep {datetime.datetime.now().isoformat(timespec='seconds')}: {' '.join(cmd[1:])}\n")
+            log.flush()
+            t0 = time.perf_counter()
+            with self.lock:                 # no run starts once ``stop`` has begun
+                if self.stopping:
+                    return
+                self.launched += 1
+                self.active[spec.name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                          stdin=subprocess.DEVNULL, env=self.env)
+                e.status, n = "running", self.launched
+            verb = {"resume": f"resume from step {e.state.step}", "start": "start",
+                    "restart": f"restart (moved aside to {Path(e.moved_aside or '').name})"}[action]
+            print(f"[{n}/{self.todo}] {verb}: {spec.name}  (log {log_path})", flush=True)
+            self.save()
+            rc = self.active[spec.name].wait()
+        with self.lock:
+            del self.active[spec.name]
+        self._finish(e, rc, round(time.perf_counter() - t0, 1), log_path)
 
-    def finish(item: tuple[_Entry, subprocess.Popen, Any, float], rc: int) -> None:
-        nonlocal done_count
-        e, _, log, t0 = item
-        log.close()
-        e.seconds = round(time.perf_counter() - t0, 1)
-        e.returncode = rc
+    def _finish(self, e: _Entry, rc: int, seconds: float, log_path: Path) -> None:
+        e.seconds, e.returncode = seconds, rc
         step = _checkpoint_step(e.spec.run_dir)
-        if rc == 0 and step is not None and step >= e.spec.steps:
+        if self.stopping:
+            e.status, e.note = "failed", "interrupted"
+        elif rc == 0 and step is not None and step >= e.spec.steps:
             e.status = "resumed" if e.state.action == "resume" else "started"
             e.state = RunState("done", step)
-            done_count += 1
             print(f"    finished {e.spec.name} in {e.seconds:.0f} s", flush=True)
         else:
             e.status = "failed"
-            log_path = sweep.out / "logs" / f"{e.spec.name}.log"
             e.note = (f"exit status {rc}" if rc != 0 else
                       f"exited 0 but its latest checkpoint is at step {step} of {e.spec.steps}")
             last = _last_line(log_path)
             print(f"    FAILED {e.spec.name} ({e.note}) after {e.seconds:.0f} s; log {log_path}"
                   + (f"\n      {last}" if last else ""), flush=True)
-        save()
+        self.save()
 
-    try:
-        while queue or active:
-            while queue and len(active) < jobs:
-                launch(queue.pop(0))
-            ended = [(item, item[1].poll()) for item in active]
-            ended = [(item, rc) for item, rc in ended if rc is not None]
-            if not ended:
-                if len(active) == 1:
-                    ended = [(active[0], active[0][1].wait())]
-                else:
-                    time.sleep(0.2)
-                    continue
-            for item, rc in ended:
-                active.remove(item)
-                finish(item, rc)
-    except BaseException as exc:  # Ctrl-C, or the sweep itself failing: stop its runs and record them
-        for _, proc, _, _ in active:
+    def stop(self) -> None:
+        """Terminate the running runs (killed after 30 s); they are recorded as failed, interrupted."""
+        with self.lock:
+            self.stopping = True
+            procs = list(self.active.values())
+        for proc in procs:
             proc.terminate()
-        for e, proc, log, t0 in active:
+        for proc in procs:
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait()
-            log.close()
-            e.status, e.note, e.seconds = "failed", "interrupted", round(time.perf_counter() - t0, 1)
-        save()
+
+
+def run_sweep(sweep: Sweep, specs: list[RunSpec], *, only: Sequence[str] = (), jobs: int = 1,
+              dry_run: bool = False) -> int:
+    """Run the plan (see the module docstring): ``jobs`` runs at a time on a thread pool, each a subprocess;
+    0 if every selected run completed and the report was written, 1 if not, 130 when interrupted."""
+    entries = _plan(sweep, specs, only)
+    print("\n".join(_plan_lines(sweep, entries, overrides=dry_run)), flush=True)
+    if dry_run:
+        return 0
+    (sweep.out / "logs").mkdir(parents=True, exist_ok=True)
+    previous = _previous_seconds(sweep.out / "sweep.json")
+    for e in entries:
+        e.seconds = previous.get(e.spec.name) if e.status == "done" else None
+    runner = _Runner(sweep, entries, only, jobs)
+    runner.save()
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        for future in as_completed([pool.submit(runner.run, e) for e in entries if e.status == "pending"]):
+            future.result()
+    except BaseException as exc:  # Ctrl-C, or the sweep itself failing: stop its runs and record them
+        runner.stop()
+        pool.shutdown(wait=True, cancel_futures=True)
+        runner.save()
         if not isinstance(exc, KeyboardInterrupt):
             raise
         print(f"rlvr sweep: interrupted; run the same command again to continue ({sweep.out / 'sweep.json'})",
               file=sys.stderr)
         return 130
+    pool.shutdown()
+    return _conclude(sweep, entries)
 
+
+def _conclude(sweep: Sweep, entries: list[_Entry]) -> int:
+    """Print the counts, write the report over the complete runs, list the failures; the exit status."""
     failed = [e for e in entries if e.status == "failed"]
     complete = [e.spec for e in entries if e.state.action == "done" and e.status != "failed"]
     counts = {s: sum(e.status == s for e in entries) for s in ("done", "started", "resumed", "failed", "excluded")}
     print("\nsweep: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f"; {sweep.out / 'sweep.json'}")
-    rc = 0
-    if complete:
-        rc = write_report(sweep, complete)
-    else:
+    rc = write_report(sweep, complete) if complete else 0
+    if not complete:
         print("no complete run to report on")
     if failed:
         print(f"\n{len(failed)} run(s) failed:", file=sys.stderr)
@@ -706,7 +738,7 @@ def write_report(sweep: Sweep, specs: Sequence[RunSpec]) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the arguments of ``rlvr sweep`` to ``parser`` and return it."""
-    parser.add_argument("sweep_file", metavar="SWEEP.yaml", help="the sweep file (format above)")
+    parser.add_argument("sweep_file", metavar="SWEEP.yaml", help="the sweep file (format: python -m pydoc rlvr.sweep)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides for every run, after the file's (e.g. steps=5 "
                              "model.name=smollm2-135m-instruct); give them before the options")

@@ -132,30 +132,32 @@ def default_out(t: Target) -> Path:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``rlvr eval`` (short metavars, one line each, so ``--help`` fits on a screen)."""
+    p.usage = "%(prog)s TARGET [--data SOURCE ...] [--n N] [--greedy] [options]"
     p.add_argument("target", metavar="TARGET", help="run dir, checkpoint dir, model preset, model dir or hub id")
     p.add_argument("--data", action="append", metavar="SOURCE",
                    help="heldout (default), champ, rg:<task>, arith, or a .jsonl/.parquet file; repeatable")
     p.add_argument("--n", type=int, default=1, help="samples per problem (default 1)")
-    p.add_argument("--ks", help="comma-separated k for pass@k / maj@k (default 1, 2, 4, ..., n)")
-    p.add_argument("--temperature", type=float, help="default 0 (greedy) for n=1, else 0.6")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, help="default: the run's eval/rollout budget")
+    p.add_argument("--ks", metavar="K,...", help="k for pass@k / maj@k (default 1, 2, 4, ..., n)")
+    p.add_argument("--temperature", type=float, metavar="T", help="default 0 (greedy) for n=1, else 0.6")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus mass (default 1)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="default: the run's eval/rollout budget")
     p.add_argument("--greedy", action="store_true", help="also report greedy pass@1")
-    p.add_argument("--size", type=int, help="problems per dataset: generated (rg:, arith; default 100), or the "
-                                            "first N of a file, champ or heldout (default all)")
-    p.add_argument("--data-seed", type=int, default=0, help="generation seed of rg:/arith datasets")
-    p.add_argument("--task-kwargs", help="JSON generator options for rg:/arith datasets")
-    p.add_argument("--template", default="{prompt}", help="prompt template for non-heldout datasets")
-    p.add_argument("--prompt-field", default="prompt", help="prompt field of .jsonl/.parquet rows")
-    p.add_argument("--answer-field", default="answer", help="gold-answer field of .jsonl/.parquet rows")
-    p.add_argument("--verifier", help="verifier for non-heldout datasets (default: per dataset)")
-    p.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
-    p.add_argument("--out", help="output dir (default RUN/eval/<time>-<step> or evals/<time>-<model>)")
+    p.add_argument("--size", type=int, metavar="N", help="problems per dataset: generated (rg:, arith; default "
+                                                         "100), or the first N of a file, champ or heldout (all)")
+    p.add_argument("--data-seed", type=int, default=0, metavar="S", help="generation seed of rg:/arith datasets")
+    p.add_argument("--task-kwargs", metavar="JSON", help="generator options for rg:/arith datasets")
+    p.add_argument("--template", default="{prompt}", metavar="T", help="prompt template for non-heldout datasets")
+    p.add_argument("--prompt-field", default="prompt", metavar="F", help="prompt field of .jsonl/.parquet rows")
+    p.add_argument("--answer-field", default="answer", metavar="F", help="gold-answer field of .jsonl/.parquet rows")
+    p.add_argument("--verifier", metavar="V", help="verifier for non-heldout datasets (default: per dataset)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling and bootstrap seed")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="bootstrap resamples for the CIs")
+    p.add_argument("--out", metavar="DIR", help="output dir (default RUN/eval/<time>-<step> or evals/<time>-<model>)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    p.add_argument("--max-batch-size", type=int, default=64, help="rows the sampler decodes together")
-    p.add_argument("--workers", type=int, default=2, help="verifier worker processes")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--max-batch-size", type=int, default=64, metavar="B", help="rows the sampler decodes together")
+    p.add_argument("--workers", type=int, default=2, metavar="W", help="verifier worker processes")
+    p.add_argument("--threads", type=int, metavar="T", help="torch CPU threads")
 
 
 def _sampling(args: argparse.Namespace, cfg: TrainConfig) -> SamplingParams:

@@ -1,6 +1,7 @@
 """Evaluation metrics from n sampled answers per problem: pass@k, max@k, maj@k, mean@n, bootstrap intervals.
 
-Pure functions of plain numbers (stdlib, math and numpy only); nothing here samples or scores.
+Pure functions of plain numbers (numpy; max@k is ``rlvr.advantages.max_at_k``, the library's one implementation, on
+torch tensors; the Student-t quantile comes from scipy); nothing here samples or scores.
 
 Notation: one problem has n samples, c of them correct, 1 <= k <= n, C = binomial coefficient (out-of-range
 C = 0). Every estimator is the exact mean over all C(n, k) size-k subsets S of the n samples, i.e. an unbiased
@@ -25,8 +26,10 @@ estimate of the metric for k fresh samples (a U-statistic); none is Monte Carlo.
 
 Dataset level: each metric is the mean over problems of the per-problem value, with a percentile bootstrap
 interval over problems (Efron & Tibshirani 1993, "An Introduction to the Bootstrap", ch. 13); all metrics
-are resampled with the same problem draws. Bad input raises ValueError naming the argument and its value;
-nothing is broadcast silently.
+are resampled with the same problem draws. Across seeds (``rlvr compare``, ``rlvr sweep``'s report, the studies):
+the mean with a Student-t interval (``mean_ci``, ``Estimate.over_seeds``). ``Estimate`` is the one interval
+estimate of rlvr, whichever way its interval was made. Bad input raises ValueError naming the argument and its
+value; nothing is broadcast silently.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import numpy as np
 
 __all__ = [
     "pass_at_k", "default_ks", "max_at_k", "normalize_answer", "maj_at_k",
-    "Estimate", "bootstrap_ci", "summarize",
+    "Estimate", "bootstrap_ci", "mean_ci", "summarize",
 ]
 
 _MAJ_MAX_N = 1024            # C(1024, 512) ≈ 4.5e306 < float64 max; C(1030, 515) overflows
@@ -141,32 +144,28 @@ def default_ks(n: int) -> list[int]:
     return ks
 
 
-def _max_at_k_weights(n: int, k: int) -> np.ndarray:
-    """w_m = C(m−1, k−1)/C(n, k) for ranks m = 1..n (0 for m < k).   -> [n]
+def _max_at_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """max@k of each row of float64 scores [N, n] by ``rlvr.advantages.max_at_k``.   -> float64 [N]"""
+    import torch
 
-    Built from w_n = k/n downwards with w_{m−1} = w_m · (m−k)/(m−1): every factor is <= 1, so nothing
-    overflows for any n (tiny weights underflow gracefully to 0).
-    """
-    w = np.zeros(n, dtype=np.float64)
-    m = np.arange(n, k, -1, dtype=np.float64)                      # m = n, n−1, ..., k+1
-    w[k - 1:] = (k / n * np.concatenate(([1.0], np.cumprod((m - k) / (m - 1)))))[::-1]
-    return w
+    from rlvr.advantages import max_at_k as max_at_k_rows
+
+    return max_at_k_rows(torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float64)), k=k).numpy()
 
 
 def max_at_k(scores: Sequence[float], k: int) -> float:
     """Unbiased max@k for continuous scores: mean over all size-k subsets of the n scores of max(subset).
 
     Equation: Σ_{m=k}^{n} C(m−1, k−1)/C(n, k) · s_(m) on the ascending order statistics s_(1..n)
-    (PKPO, arXiv 2505.15201, Eq. 13). Shapes: scores [n] -> scalar. Computed in float64 with the weight
-    ratios of ``_max_at_k_weights`` (no binomials, no overflow for any n). On 0/1 scores it equals
-    pass_at_k(n, sum(scores), k). Raises ValueError for non-finite or empty scores and k outside 1..n.
+    (PKPO, arXiv 2505.15201, Eq. 13). Shapes: scores [n] -> scalar. Computed in float64 by
+    ``rlvr.advantages.max_at_k`` (one group; exact binomial ratios, each rounded once, so nothing overflows
+    for any n). On 0/1 scores it equals pass_at_k(n, sum(scores), k). Raises ValueError for non-finite or
+    empty scores and k outside 1..n.
     Example: max_at_k([0., 1., 3.], 2) -> 7/3.
     """
     s = _scores_1d(scores)
-    n = s.size
-    k = _check_k(k, n)
-    w = _max_at_k_weights(n, k)
-    return math.fsum((w * np.sort(s)).tolist())
+    k = _check_k(k, s.size)
+    return float(_max_at_k_rows(s[None, :], k)[0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,12 +287,56 @@ def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int) -> 
 # Bootstrap and dataset summary
 # ----------------------------------------------------------------------------------------------
 
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float | None]:
+    """(mean, h): the mean of ``values`` and the half-width of its Student-t interval,
+    h = t_{(1+c)/2, n−1} · sd / sqrt(n) with the n−1 sample standard deviation; h is None for one value and
+    (mean, h) = (NaN, NaN) when a value is NaN. ValueError for no values.
+    Example: mean_ci([0.5, 0.6, 0.7]) -> (0.6, 0.2484...) (t_{0.975, 2} = 4.3027).
+    """
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean_ci of no values")
+    mean = math.fsum(values) / n
+    if n == 1:
+        return mean, None
+    if any(math.isnan(v) for v in values):
+        return math.nan, math.nan
+    from scipy.stats import t
+
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n)
+
+
 @dataclass(frozen=True)
 class Estimate:
-    """A dataset-level metric: the mean over problems and a bootstrap percentile interval [lo, hi]."""
+    """A mean and its interval [lo, hi]: over problems (a bootstrap percentile interval, ``summarize``) or over
+    seeds (a Student-t interval, ``Estimate.over_seeds``). lo = hi = NaN when there is no interval (one seed, or a
+    NaN among the values). ``values`` are the per-seed values of ``over_seeds`` (empty for bootstrap estimates)."""
     mean: float
-    lo: float     # 95% (or `confidence`) bootstrap percentile interval over problems
+    lo: float     # 95% (or `confidence`) interval
     hi: float
+    values: tuple[float, ...] = ()
+
+    @classmethod
+    def over_seeds(cls, values: Sequence[float], confidence: float = 0.95) -> "Estimate":
+        """The mean of per-seed values with its Student-t interval (``mean_ci``); no values: every field NaN."""
+        vals = tuple(float(v) for v in values)
+        if not vals:
+            return cls(math.nan, math.nan, math.nan, ())
+        mean, h = mean_ci(vals, confidence)
+        if h is None or math.isnan(h):
+            return cls(mean, math.nan, math.nan, vals)
+        return cls(mean, mean - h, mean + h, vals)
+
+    @property
+    def n(self) -> int:
+        """How many per-seed values the estimate holds."""
+        return len(self.values)
+
+    @property
+    def half_width(self) -> float | None:
+        """(hi − lo)/2, or None without an interval."""
+        return None if math.isnan(self.lo) or math.isnan(self.hi) else (self.hi - self.lo) / 2
 
 
 _BOOT_CHUNK = 1 << 20        # at most this many resampled entries (draws × N) in memory at once
@@ -410,17 +453,16 @@ def summarize(scores: Any, answers: Any, *, ks: Sequence[int] | None = None, thr
     if continuous:
         names += [f"max@{k}" for k in ks]
     table = np.empty((S.shape[0], len(names)), dtype=np.float64)   # [N problems, M metrics]
-    for p, (s, a) in enumerate(zip(S, answer_rows)):
+    for p, (s, a) in enumerate(zip(S, answer_rows)):  # pass@k, maj@k, mean@n
         ok = s >= threshold
         c = int(ok.sum())
         c_maj, wrong, abstain = _vote_groups(a, ok)
         row = [pass_at_k(n, c, k) for k in ks]
         row += [_maj_count(c_maj, wrong, abstain, k) if c_maj else 0.0 for k in ks]
         row.append(float(s.mean()))
-        if continuous:
-            sorted_s = np.sort(s)
-            row += [math.fsum((_max_at_k_weights(n, k) * sorted_s).tolist()) for k in ks]
-        table[p] = row
+        table[p, :len(row)] = row
+    if continuous:                                                 # max@k of every problem at once
+        table[:, len(names) - len(ks):] = np.stack([_max_at_k_rows(S, k) for k in ks], axis=1)
     lo, hi = bootstrap_ci(table, n_boot=n_boot, confidence=confidence, seed=seed)
     means = table.mean(axis=0)
     return {name: Estimate(float(means[j]), float(lo[j]), float(hi[j])) for j, name in enumerate(names)}

@@ -22,8 +22,8 @@ sample. This loop:
 7. while decoding, swaps HF's "sdpa" attention for ``_sdpa_gqa_attention`` (same kernel with ``enable_gqa``,
    bit-identical), because HF's copies K/V to every query head whenever an attention mask is present.
 
-Measured with ``rlvr bench generate`` (8 prompts x 4 samples x 64 tokens, sampling at T=1): 1.8-2.0x the tokens/s
-of ``model.generate`` on SmolLM2-135M (2.3x with top_p=0.95), 1.6x on tiny-random. Pruning at every step beat
+Measured with ``python -m benchmarks generate`` (8 prompts x 4 samples x 64 tokens, sampling at T=1): 1.8-2.0x the
+tokens/s of ``model.generate`` on SmolLM2-135M (2.3x with top_p=0.95), 1.6x on tiny-random. Pruning at every step beat
 every 8 steps and never; sharing the prefill beat prefilling every row (``--ablations``). Not used, because they
 did not help on CPU: ``torch.compile(dynamic=True)`` (100 s to compile, then 10x slower per call: shapes change
 every step); a preallocated KV buffer returning views (SDPA on strided K/V was 2.8x slower than the
@@ -368,7 +368,7 @@ class HFSampler:
         tokenizer: gives eos/pad ids and decodes texts (``skip_special_tokens=True``) and stop-string windows.
         max_batch_size: rows decoded together (a batch's prompts share one prefill each).
         prune_every: drop finished rows from the batch and KV cache every this many steps (1 = as soon as they
-            finish; measured fastest, see ``rlvr bench generate``).
+            finish; measured fastest, see ``python -m benchmarks generate``).
         share_prefill: prefill each distinct prompt once and copy its cache to its samples (else prefill every row).
     """
 

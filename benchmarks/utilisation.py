@@ -1,4 +1,4 @@
-"""Tokens/s and FLOP-based utilisation of generation and training (``rlvr bench utilisation``).
+"""Tokens/s and FLOP-based utilisation of generation and training (``python -m benchmarks utilisation``).
 
 Three measurements on one device (``--device cpu|cuda``) in one dtype (``--dtype``; default float32 on a CPU,
 bfloat16 on CUDA), printed as a Markdown table with a settings line (device name, torch, threads, dtype, N_matmul,
@@ -12,7 +12,7 @@ date) and optionally written as JSON (``--json PATH``):
 2. **Generation**: tokens/s of rlvr's own sampler (``rlvr.rollout.HFSampler``, KV cache, finished rows pruned)
    on ``--batch`` rows: tiny-arith samples ``--batch / --group-size`` arith prompts of configs/tiny_arith/grpo.yaml
    (its temperature and top_p) ``--group-size`` times each; smollm2-135m-instruct the chat-templated questions
-   of ``rlvr bench generate``; the random models (qwen2-0.5b-random, tiny-random) ``--batch`` prompts of
+   of ``python -m benchmarks generate``; the random models (qwen2-0.5b-random, tiny-random) ``--batch`` prompts of
    ``--prompt-len`` uniform random token ids at temperature 1 with no EOS, so every row makes ``--new-tokens``.
    Counted: generated (response) tokens, the ending EOS included. FLOPs per generated token
 
@@ -79,8 +79,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from rlvr.bench import config_path
-from rlvr.bench.advantages import _positive_int, machine_info
+from benchmarks import config_path
+from benchmarks.cli import machine_info, positive_int
 
 __all__ = ["MODEL_CHOICES", "ModelShape", "model_shape", "generation_flops_per_token", "generation_flops",
            "training_flops_per_token", "matmul_peak", "vendor_peak", "build_qwen2_05b_random", "run",
@@ -284,14 +284,14 @@ def load_workload(name: str, *, device: str, dtype: torch.dtype, batch: int, gro
     count = batch // group_size
     if name == "tiny-arith":
         from rlvr.config import load_config
-        from rlvr.trainer.build import build_problems, make_encoder
+        from rlvr.trainer import build_problems, make_encoder
 
         cfg = load_config(config_path(TINY_ARITH_CONFIG))
         problems, _ = build_problems(cfg)
         encode = make_encoder(tokenizer, cfg.model.system_prompt)
         prompts = [encode(p) for p in problems[:count]]
         return Workload(model, tokenizer, prompts, group_size, cfg.rollout.temperature, cfg.rollout.top_p, vocab)
-    from rlvr.bench.generate import make_prompts
+    from benchmarks.generate import make_prompts
 
     return Workload(model, tokenizer, make_prompts(tokenizer, count), group_size, 0.7, 1.0, vocab)
 
@@ -503,41 +503,41 @@ def format_table(report: dict[str, Any]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# CLI hooks: `rlvr bench utilisation`
+# Command line: `python -m benchmarks utilisation`
 # ----------------------------------------------------------------------------------------------
 
 def _size_list(text: str) -> tuple[int, ...]:
     try:
-        return tuple(_positive_int(x) for x in text.split(","))
+        return tuple(positive_int(x) for x in text.split(","))
     except argparse.ArgumentTypeError as err:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r} ({err})") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of ``rlvr bench utilisation`` to ``p`` and return it."""
+    """Add the options of ``python -m benchmarks utilisation`` to ``p`` and return it."""
     p.add_argument("--model", choices=MODEL_CHOICES, default="tiny-arith", help="default tiny-arith")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                    help="parameter and matmul dtype (default float32 on cpu, bfloat16 on cuda)")
-    p.add_argument("--batch", type=_positive_int, default=None,
+    p.add_argument("--batch", type=positive_int, default=None,
                    help="generation rows (tiny-arith 256 = 32 prompts x 8; smollm2 32; qwen2-0.5b-random 256; "
                         "tiny-random 8); also HFSampler's max batch")
-    p.add_argument("--group-size", type=_positive_int, default=None,
+    p.add_argument("--group-size", type=positive_int, default=None,
                    help="samples per prompt for the task models (tiny-arith 8, smollm2 4; must divide --batch)")
-    p.add_argument("--prompt-len", type=_positive_int, default=None,
+    p.add_argument("--prompt-len", type=positive_int, default=None,
                    help="prompt tokens: random models' generation prompts and every model's training prompt "
                         "(default: random models 128 / 8; task models the mean length of their prompts)")
-    p.add_argument("--new-tokens", type=_positive_int, default=None,
+    p.add_argument("--new-tokens", type=positive_int, default=None,
                    help="max new tokens per generated row (tiny-arith 48, smollm2 64, qwen2-0.5b-random 128)")
-    p.add_argument("--train-batch", type=_positive_int, default=None,
+    p.add_argument("--train-batch", type=positive_int, default=None,
                    help="training rows B (tiny-arith 256, smollm2 16, qwen2-0.5b-random 8)")
-    p.add_argument("--seq-len", type=_positive_int, default=None,
+    p.add_argument("--seq-len", type=positive_int, default=None,
                    help="training row length T, prompt included (default prompt + new tokens; qwen2-0.5b-random 2048)")
-    p.add_argument("--repeats", type=_positive_int, default=3,
+    p.add_argument("--repeats", type=positive_int, default=3,
                    help="timed calls after a warm-up: median for generation and training, best for matmul (default 3)")
     p.add_argument("--sizes", type=_size_list, default=None,
                    help="matmul sizes n, comma-separated (default cpu 256..4096, cuda 1024..8192)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--tf32", action="store_true",
                    help="allow TF32 for float32 matmuls (torch.set_float32_matmul_precision('high')); on CUDA this "
                         "also speeds up rlvr's fp32 log-prob head")
@@ -588,7 +588,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         args = resolve(args)
     except UsageError as err:
-        print(f"rlvr bench utilisation: error: {err}", file=sys.stderr)
+        print(f"python -m benchmarks utilisation: error: {err}", file=sys.stderr)
         return 2
     from transformers.utils import logging as hf_logging
 
@@ -599,7 +599,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         report = run(args, say=lambda msg: print(msg, file=sys.stderr, flush=True))
     except (ModelLoadError, ValueError) as err:
-        print(f"rlvr bench utilisation: error: {err}", file=sys.stderr)
+        print(f"python -m benchmarks utilisation: error: {err}", file=sys.stderr)
         return 2
     print("\n".join(format_table(report)))
     if args.json:

@@ -7,7 +7,8 @@ dropped. Reported: the median seconds per RL step (generation + scoring + update
 (the issue's target: rlvr's step at most half of TRL's), and where the time goes.
 
 What is the same on both sides:
-* weights (``rlvr.trainer.build.load_policy``: full fine-tune, fp32) and ``torch.set_num_threads(--threads)``;
+* weights (``rlvr.models.load_model`` of the config's model, every parameter trained, fp32) and
+  ``torch.set_num_threads(--threads)``;
 * prompts: the P problems per step that rlvr's ``PromptStream`` hands out, in that order; TRL gets them as a
   ``datasets.Dataset`` (``shuffle_dataset=False``) of the prompt text our encoder produces, decoded back from our token
   ids with special tokens kept (``<bos>47+38=`` for tiny-arith; the rendered ChatML for SmolLM2), so TRL's
@@ -19,29 +20,31 @@ What is the same on both sides:
   reference model), one update per batch (``num_iterations=1``, no old-log-prob pass on either side),
   ``seq_mean_token_mean`` = TRL ``loss_type="grpo"`` (``token_mean`` = ``"dapo"``, ``seq_mean_token_sum_norm`` =
   ``"dr_grpo"``), the config's micro-batch (TRL: ``per_device_train_batch_size`` = micro-batch and
-  ``gradient_accumulation_steps = steps_per_generation`` = P·G / micro-batch), the same ``torch.optim.AdamW`` and
-  LambdaLR schedule built by ``rlvr.trainer.build.build_optimizer`` (passed to TRL as ``optimizers=``), grad-norm
-  clip ``optim.max_grad_norm``; TRL with ``bf16=False``, ``gradient_checkpointing=False`` (both default True in
-  TRL), ``use_cpu=True``, ``report_to="none"``, no logging, eval or checkpoints.
+  ``gradient_accumulation_steps = steps_per_generation`` = P·G / micro-batch), ``torch.optim.AdamW`` with the
+  config's lr, betas and weight decay at a constant learning rate (passed to TRL as ``optimizers=``; the benchmark
+  refuses other schedules), grad-norm clip ``optim.max_grad_norm``; TRL with ``bf16=False``,
+  ``gradient_checkpointing=False`` (both default True in TRL), ``use_cpu=True``, ``report_to="none"``, no logging,
+  eval or checkpoints.
 What differs and cannot be matched: the samplers (rlvr's ``HFSampler`` vs ``model.generate``), hence the sampled
 tokens and completion lengths (both are printed); TRL's log-probs in the loss are of logits / temperature, ours of the
-raw logits; the advantage ε (TRL 1e-4, ours 1e-6); rlvr skips its end-of-run evaluation and checkpoint here
-(``Run.evaluate`` and ``save_checkpoint`` are stubbed, outside the timed steps).
+raw logits; the advantage ε (TRL 1e-4, ours 1e-6); rlvr's run ends with the evaluation and checkpoint its trainer
+always makes (outside the timed steps; the evaluation is cut to one new token, ``eval.max_new_tokens=1``), so its
+wall-clock includes them.
 
 Where the time goes (means per kept step):
-* rlvr, from its per-step metrics (metrics.jsonl) and timers on public names only (``rlvr_timing``): step =
-  ``perf/step_s``; generation = ``perf/gen_s`` (``HFSampler.generate``); scoring = ``rlvr.trainer.batch.score``
-  (verifier + shaping); old/ref log-probs = ``rlvr.trainer.step.frozen_logprobs``; loss forward =
-  ``rlvr.logprobs.completion_logprobs`` called by the update with grad enabled; steps are delimited by
-  ``Collector.collect`` (one call per step). The timed parts of a step are disjoint intervals inside it, so
-  they never add up to more than ``perf/step_s`` (``rlvr_steps`` checks this).
+* rlvr: nothing is patched; every part is a per-step metric the trainer logs (metrics.jsonl): step = ``perf/step_s``;
+  generation = ``perf/gen_s`` (policy and reference samples); scoring = ``perf/score_s`` (verifier + shaping);
+  old/ref log-probs = ``perf/frozen_s`` (the π_old / reference passes without grad); loss forward =
+  ``perf/forward_s``; backward = ``perf/backward_s``; optimizer = ``perf/optim_s`` (grad-norm clip, AdamW step,
+  zero_grad). ``rlvr_steps`` checks that the update's parts fit in ``perf/train_s`` and generation and scoring in
+  the rest of the step.
 * TRL (its private methods, trl 1.16.0 pinned): generation = ``GRPOTrainer._generate`` (prompt tokenization,
   ``model.generate``, decoding); scoring = ``GRPOTrainer._calculate_rewards``; old/ref log-probs / loss forward =
-  ``GRPOTrainer._get_per_token_logps_and_entropies`` without / with grad; step = a ``TrainerCallback`` from
-  ``on_step_begin`` to ``on_step_end`` (covers ``_prepare_inputs``, ``compute_loss``, backward, clip,
-  ``optimizer.step``, scheduler, ``zero_grad``).
-* both: backward = ``torch.Tensor.backward``; clip = ``torch.nn.utils.clip_grad_norm_``; AdamW = ``step`` of the
-  optimizer instance; rest = step minus the parts (advantages, batching, loss arithmetic, bookkeeping).
+  ``GRPOTrainer._get_per_token_logps_and_entropies`` without / with grad; backward = ``torch.Tensor.backward``;
+  optimizer = ``torch.nn.utils.clip_grad_norm_`` + the optimizer's ``step`` and ``zero_grad``; step = a
+  ``TrainerCallback`` from ``on_step_begin`` to ``on_step_end`` (covers ``_prepare_inputs``, ``compute_loss``,
+  backward, clip, ``optimizer.step``, scheduler, ``zero_grad``).
+* both: rest = step minus the parts (advantages, batching, loss arithmetic, bookkeeping).
 """
 from __future__ import annotations
 
@@ -57,11 +60,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rlvr.bench import config_path
-from rlvr.bench.advantages import _positive_int
+from benchmarks import config_path
+from benchmarks.cli import positive_int
 
-__all__ = ["MODEL_PRESETS", "PARTS", "StepTimer", "bench_config", "check_settings", "format_table", "prompt_texts",
-           "reward_function", "rlvr_steps", "rlvr_timing", "run_rlvr", "run_trl", "step_problems", "summarize",
+__all__ = ["MODEL_PRESETS", "PARTS", "RLVR_METRICS", "StepTimer", "bench_config", "check_settings", "format_table",
+           "prompt_texts", "reward_function", "rlvr_steps", "run_rlvr", "run_trl", "step_problems", "summarize",
            "add_arguments", "command"]
 
 MODEL_PRESETS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -70,9 +73,11 @@ MODEL_PRESETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "smollm2-135m-instruct": ("configs/smollm2/grpo.yaml", ("model.lora=false", "optim.lr=1e-5")),
 }
 
-# Benchmark-only settings of the rlvr run: no evaluation, logging extras or reward worker processes.
-BENCH_OVERRIDES = ("eval.at_start=false", "eval.every=0", "log.progress=false", "log.tensorboard=false",
-                   "log.completions_every=0", "log.checkpoint_every=0", "reward.num_workers=0")
+# Benchmark-only settings of the rlvr run: no evaluation (the end-of-run one cut to one token), logging extras or
+# reward worker processes.
+BENCH_OVERRIDES = ("eval.at_start=false", "eval.every=0", "eval.max_new_tokens=1", "log.progress=false",
+                   "log.tensorboard=false", "log.completions_every=0", "log.checkpoint_every=0",
+                   "reward.num_workers=0")
 
 LOSS_TYPES = {"seq_mean_token_mean": "grpo", "token_mean": "dapo", "seq_mean_token_sum_norm": "dr_grpo"}
 """rlvr aggregation -> TRL loss_type with the same normaliser."""
@@ -83,10 +88,14 @@ PARTS: tuple[tuple[str, str], ...] = (
     ("old_ref_logprobs", "old/ref log-probs (no grad)"),
     ("forward", "loss forward (log-probs with grad)"),
     ("backward", "backward"),
-    ("clip", "grad-norm clip"),
-    ("optimizer", "AdamW step"),
+    ("optimizer", "grad clip + AdamW step + zero_grad"),
     ("other", "rest of the step"),
 )
+
+RLVR_METRICS = {"step": "perf/step_s", "generation": "perf/gen_s", "scoring": "perf/score_s",
+                "old_ref_logprobs": "perf/frozen_s", "forward": "perf/forward_s", "backward": "perf/backward_s",
+                "optimizer": "perf/optim_s", "train": "perf/train_s"}
+"""Each part of an rlvr step -> the per-step metric the trainer logs it as."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,21 +152,22 @@ def check_settings(cfg: Any) -> None:
     if cfg.model.lora or cfg.model.autocast_bf16 or cfg.model.dtype != "float32" or cfg.model.gradient_checkpointing:
         problems.append("the benchmark runs full fine-tunes in fp32 without autocast or gradient checkpointing "
                         "(model.lora, model.autocast_bf16, model.dtype, model.gradient_checkpointing)")
+    if cfg.optim.schedule != "constant" or cfg.optim.warmup_steps:
+        problems.append("optim.schedule must be constant without warm-up (the TRL side runs AdamW at a constant lr)")
     if r.group_size < 2:
         problems.append("rollout.group_size must be >= 2 (TRL's minimum)")
     B = r.prompts_per_step * r.group_size
     if B % min(a.micro_batch_size, B):
         problems.append(f"algo.micro_batch_size={a.micro_batch_size} must divide P·G = {B}")
     if problems:
-        raise ValueError("rlvr bench trl cannot match TRL on: " + "; ".join(problems))
+        raise ValueError("the trl benchmark cannot match TRL on: " + "; ".join(problems))
 
 
 def step_problems(cfg: Any) -> list[Any]:
     """The problems rlvr's trainer trains on, in order: ``cfg.steps`` × P from its seeded PromptStream."""
-    from rlvr.trainer import build
-    from rlvr.trainer.batch import PromptStream
+    from rlvr.trainer import PromptStream, build_problems
 
-    train_problems, _ = build.build_problems(cfg)
+    train_problems, _ = build_problems(cfg)
     stream = PromptStream(train_problems, cfg.seed)
     return [p for _ in range(cfg.steps) for p in stream.take(cfg.rollout.prompts_per_step)]
 
@@ -166,7 +176,7 @@ def prompt_texts(tokenizer: Any, problems: Sequence[Any], system_prompt: str | N
                                                                                                    list[list[int]]]:
     """(TRL prompt texts, our token ids): each text is our encoding decoded with special tokens kept, so that
     TRL's non-conversational ``processing_class(text=...)`` gives back exactly our ids; raises if it would not."""
-    from rlvr.trainer.build import make_encoder
+    from rlvr.trainer import make_encoder
 
     encode = make_encoder(tokenizer, system_prompt)
     ids = [encode(p) for p in problems]
@@ -226,133 +236,82 @@ class StepTimer:
         return timed
 
 
-def _grad_part(with_grad: str, without: str) -> Callable[[], str]:
-    import torch
-    return lambda: with_grad if torch.is_grad_enabled() else without
+UPDATE_PARTS = ("old_ref_logprobs", "forward", "backward", "optimizer")
+"""The parts of rlvr's update (inside ``perf/train_s``)."""
 
 
-@contextlib.contextmanager
-def _shared_timers(timer: StepTimer):
-    """Timers both sides share: backward, grad clipping (module attributes patched for the run)."""
-    import torch
-    from unittest import mock
-
-    with mock.patch.object(torch.Tensor, "backward", timer.wrap(torch.Tensor.backward, "backward")), \
-            mock.patch.object(torch.nn.utils, "clip_grad_norm_", timer.wrap(torch.nn.utils.clip_grad_norm_, "clip")):
-        yield
-
-
-def _time_optimizer(timer: StepTimer, optimizer: Any) -> Any:
-    optimizer.step = timer.wrap(optimizer.step, "optimizer")
-    return optimizer
-
-
-@contextlib.contextmanager
-def rlvr_timing(timer: StepTimer):
-    """For one rlvr run: a step of ``timer`` per ``Collector.collect`` call, and the parts rlvr's metrics do not
-    log timed through public names (scoring, old/ref log-probs, loss forward, backward, clip, AdamW); evaluation and
-    checkpointing, which come after the last step's metrics, are stubbed."""
-    from unittest import mock
-
-    import torch
-
-    from rlvr.trainer import batch as batch_mod
-    from rlvr.trainer import build, run as run_mod, step as step_mod
-
-    orig_collect, orig_build_optimizer = batch_mod.Collector.collect, build.build_optimizer
-
-    def collect(self, step):
-        timer.begin_step()
-        timer.steps[-1]["threads"] = torch.get_num_threads()
-        return orig_collect(self, step)
-
-    def build_optimizer(c, model):
-        opt, sched = orig_build_optimizer(c, model)
-        return _time_optimizer(timer, opt), sched
-
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_shared_timers(timer))
-        for obj, name, new in (
-                (batch_mod.Collector, "collect", collect),
-                (batch_mod, "score", timer.wrap(batch_mod.score, "scoring")),
-                (step_mod, "frozen_logprobs", timer.wrap(step_mod.frozen_logprobs, "old_ref_logprobs")),
-                # the no-grad calls are frozen_logprobs' (timed whole, above)
-                (step_mod, "completion_logprobs", timer.wrap(step_mod.completion_logprobs,
-                                                             _grad_part("forward", None))),
-                (build, "build_optimizer", build_optimizer),
-                (run_mod.Run, "evaluate", lambda self, step: _NoEval()),
-                (run_mod, "save_checkpoint", lambda *a, **k: None)):
-            stack.enter_context(mock.patch.object(obj, name, new))
-        yield timer
-
-
-def rlvr_steps(rows: Sequence[dict[str, Any]], timed: Sequence[dict[str, float]]) -> list[dict[str, Any]]:
-    """The per-step records of an rlvr run: ``rows`` its metrics.jsonl rows, ``timed`` its ``StepTimer.steps``.
-    step, generation, samples and completion tokens come from the logged metrics (``perf/step_s``,
-    ``perf/gen_s``, ``rollout/samples``, ``response/length_mean``), the other parts from the timers. Raises
-    RuntimeError when the number of logged and timed steps differ, or when a step's parts add up to more than the
-    step (timers that overlap: something counted twice)."""
-    rows = [r for r in rows if "perf/step_s" in r]
-    if len(rows) != len(timed):
-        raise RuntimeError(f"rlvr run logged {len(rows)} steps but {len(timed)} were timed")
+def rlvr_steps(rows: Sequence[dict[str, Any]], tol: float = 1e-6) -> list[dict[str, Any]]:
+    """The per-step records of an rlvr run from its metrics.jsonl ``rows``: every part of ``PARTS`` (but the rest)
+    from its logged metric (``RLVR_METRICS``; None when the trainer does not log it: a trainer from before issue 15
+    logs only step, generation and train), samples (``rollout/samples``) and completion tokens
+    (``response/length_mean`` × samples). RuntimeError when a step lacks ``perf/gen_s`` or ``perf/train_s``, or when
+    its parts do not fit: the update's (old/ref log-probs, forward, backward, optimizer) must add up to at most
+    ``perf/train_s``, and generation and scoring to at most the rest of the step (a part timed twice would break
+    either); ``tol`` seconds of rounding are allowed."""
     steps = []
-    for row, parts in zip(rows, timed):
+    for row in (r for r in rows if "perf/step_s" in r):
+        missing = [RLVR_METRICS[p] for p in ("generation", "train") if RLVR_METRICS[p] not in row]
+        if missing:
+            raise RuntimeError(f"rlvr's step {row.get('step')} logged no {', '.join(missing)}")
+        s = {part: float(row[key]) if key in row else None for part, key in RLVR_METRICS.items()}
+        update = sum(s[p] or 0.0 for p in UPDATE_PARTS)
+        outside = s["generation"] + (s["scoring"] or 0.0)
+        if update > s["train"] + tol or outside > s["step"] - s["train"] + tol:
+            raise RuntimeError(f"rlvr step {row.get('step')}: the logged parts do not fit in the step (update parts "
+                               f"{update:.6f} s of perf/train_s {s['train']:.6f} s; generation + scoring "
+                               f"{outside:.6f} s of the other {s['step'] - s['train']:.6f} s)")
         samples = int(row["rollout/samples"])
-        s = {**parts, "step": row["perf/step_s"], "generation": row["perf/gen_s"], "samples": samples,
-             "completion_tokens": row["response/length_mean"] * samples}
-        total = sum(s.get(name, 0.0) for name, _ in PARTS if name != "other")
-        if total > s["step"] * (1 + 1e-9) + 1e-9:
-            raise RuntimeError(f"rlvr step {len(steps) + 1}: the timed parts add up to {total:.6f} s, more than "
-                               f"the step's {s['step']:.6f} s ({dict(s)})")
-        steps.append(s)
+        steps.append({**s, "samples": samples, "completion_tokens": row["response/length_mean"] * samples})
     return steps
 
 
 def run_rlvr(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
-    """One rlvr training run of ``cfg``; returns {"steps": [per-step seconds and counts], "wall_s"}."""
+    """One rlvr training run of ``cfg`` (nothing patched); returns {"steps": ``rlvr_steps`` of its metrics,
+    "wall_s": seconds of ``train`` (start-up, the steps, the end-of-run evaluation and checkpoint)}."""
     from rich.console import Console
 
     from rlvr.metrics import read_metrics
     from rlvr.trainer import train
 
     t0 = time.perf_counter()
-    with rlvr_timing(StepTimer()) as timer:
-        train(cfg, run_dir=run_dir, console=Console(quiet=True))
+    train(cfg, run_dir=run_dir, console=Console(quiet=True))
     wall = time.perf_counter() - t0
-    return {"steps": rlvr_steps(read_metrics(run_dir), timer.steps), "wall_s": wall}
+    return {"steps": rlvr_steps(read_metrics(run_dir)), "wall_s": wall}
 
 
-class _NoEval:
-    accuracy = float("nan")
-
-
-def run_trl(cfg: Any, problems: Sequence[Any], output_dir: str | Path, *, check_ids: bool = True) -> dict[str, Any]:
-    """One TRL GRPOTrainer run matching ``cfg`` on ``problems`` (``step_problems(cfg)``); returns as run_rlvr."""
-    import warnings
-    from unittest import mock
-
+def load_policy(cfg: Any) -> tuple[Any, Any]:
+    """The config's model in fp32 with every parameter trained (the benchmark's full fine-tune), and its tokenizer;
+    the global generator seeded with ``cfg.seed`` afterwards, as rlvr's trainer leaves it."""
     import torch
-    from datasets import Dataset
-    from transformers import PrinterCallback, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
 
-    from rlvr.trainer import build
+    from rlvr.models import load_model
 
-    timer = StepTimer()
-    t0 = time.perf_counter()
-    if cfg.model.threads:
-        torch.set_num_threads(cfg.model.threads)
+    model, tokenizer = load_model(cfg.model.name, dtype=torch.float32, cache_dir=cfg.model.cache_dir)
     torch.manual_seed(cfg.seed)
-    model, tokenizer = build.load_policy(cfg, torch.device("cpu"))
-    texts, ids = prompt_texts(tokenizer, problems, cfg.model.system_prompt)
-    dataset = Dataset.from_dict({"prompt": texts, "answer": [p.answer for p in problems],
-                                 "verifier": [p.verifier for p in problems]})
-    optimizer, scheduler = build.build_optimizer(cfg, model)
-    _time_optimizer(timer, optimizer)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model, tokenizer
+
+
+def adamw(cfg: Any, model: Any) -> tuple[Any, Any]:
+    """AdamW with the config's lr, betas and weight decay, and a constant-lr scheduler (what rlvr's trainer builds
+    for ``optim.schedule=constant`` without warm-up, the only schedule ``check_settings`` lets through)."""
+    import torch
+
+    o = cfg.optim
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=o.lr, betas=o.betas,
+                            weight_decay=o.weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+
+def trl_config(cfg: Any, output_dir: str | Path) -> Any:
+    """TRL's GRPOConfig matching ``cfg`` (see the module docstring)."""
+    from trl import GRPOConfig
+
     a, r = cfg.algo, cfg.rollout
     mb, accum = micro_batching(cfg)
     scale = "group" if a.advantage == "grpo" and a.advantage_kwargs.get("scale_by_std", True) else "none"
-    args = GRPOConfig(
+    return GRPOConfig(
         output_dir=str(output_dir), use_cpu=True, report_to="none", logging_strategy="no", save_strategy="no",
         eval_strategy="no", disable_tqdm=True, seed=cfg.seed, max_steps=cfg.steps,
         per_device_train_batch_size=mb, gradient_accumulation_steps=accum, steps_per_generation=accum,
@@ -364,6 +323,16 @@ def run_trl(cfg: Any, problems: Sequence[Any], output_dir: str | Path, *, check_
         fp16=False, gradient_checkpointing=False, shuffle_dataset=False, dataloader_num_workers=0,
         mask_truncated_completions=False, log_completions=False)
 
+
+@contextlib.contextmanager
+def trl_timers(trainer: Any, optimizer: Any, timer: StepTimer):
+    """Time TRL's parts (module docstring): its private methods, torch's backward and clip, the optimizer's step
+    and zero_grad; a step of ``timer`` per TrainerCallback step."""
+    from unittest import mock
+
+    import torch
+    from transformers import TrainerCallback
+
     class Steps(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
             timer.begin_step()
@@ -374,25 +343,55 @@ def run_trl(cfg: Any, problems: Sequence[Any], output_dir: str | Path, *, check_
             timer.steps[-1]["step"] = time.perf_counter() - self.t
 
     def count(out):
-        completion_ids = out[1]
-        timer.add("samples", len(completion_ids))
-        timer.add("completion_tokens", sum(len(c) for c in completion_ids))
+        timer.add("samples", len(out[1]))
+        timer.add("completion_tokens", sum(len(c) for c in out[1]))
 
+    trainer.add_callback(Steps())
+    trainer._generate = timer.wrap(trainer._generate, "generation", on_result=count)
+    trainer._calculate_rewards = timer.wrap(trainer._calculate_rewards, "scoring")
+    trainer._get_per_token_logps_and_entropies = timer.wrap(
+        trainer._get_per_token_logps_and_entropies, lambda: "forward" if torch.is_grad_enabled() else
+        "old_ref_logprobs")
+    for obj in (optimizer, trainer.model):                     # transformers' loop calls model.zero_grad()
+        if obj is optimizer:
+            obj.step = timer.wrap(obj.step, "optimizer")
+        obj.zero_grad = timer.wrap(obj.zero_grad, "optimizer")
+    with mock.patch.object(torch.Tensor, "backward", timer.wrap(torch.Tensor.backward, "backward")), \
+            mock.patch.object(torch.nn.utils, "clip_grad_norm_", timer.wrap(torch.nn.utils.clip_grad_norm_,
+                                                                            "optimizer")), \
+            mock.patch.dict(os.environ, {"TRL_EXPERIMENTAL_SILENCE": "1"}):
+        yield timer
+
+
+def run_trl(cfg: Any, problems: Sequence[Any], output_dir: str | Path, *, check_ids: bool = True) -> dict[str, Any]:
+    """One TRL GRPOTrainer run matching ``cfg`` on ``problems`` (``step_problems(cfg)``); returns as run_rlvr."""
+    import warnings
+
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import GRPOTrainer
+
+    timer = StepTimer()
+    t0 = time.perf_counter()
+    if cfg.model.threads:
+        torch.set_num_threads(cfg.model.threads)
+    model, tokenizer = load_policy(cfg)
+    texts, ids = prompt_texts(tokenizer, problems, cfg.model.system_prompt)
+    dataset = Dataset.from_dict({"prompt": texts, "answer": [p.answer for p in problems],
+                                 "verifier": [p.verifier for p in problems]})
+    optimizer, scheduler = adamw(cfg, model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)
-        trainer = GRPOTrainer(model=model, reward_funcs=reward_function(), args=args, train_dataset=dataset,
-                              processing_class=tokenizer, optimizers=(optimizer, scheduler), callbacks=[Steps()])
+        trainer = GRPOTrainer(model=model, reward_funcs=reward_function(), args=trl_config(cfg, output_dir),
+                              train_dataset=dataset, processing_class=tokenizer, optimizers=(optimizer, scheduler))
         trainer.remove_callback(PrinterCallback)
         if check_ids:
             got = trainer._tokenize_prompts(texts)[0]
             if [list(x) for x in got] != [list(x) for x in ids]:
                 raise ValueError("TRL's tokenization of the prompts differs from rlvr's")
-        trainer._generate = timer.wrap(trainer._generate, "generation", on_result=count)
-        trainer._calculate_rewards = timer.wrap(trainer._calculate_rewards, "scoring")
-        trainer._get_per_token_logps_and_entropies = timer.wrap(trainer._get_per_token_logps_and_entropies,
-                                                                _grad_part("forward", "old_ref_logprobs"))
-        with _shared_timers(timer), mock.patch.dict(os.environ, {"TRL_EXPERIMENTAL_SILENCE": "1"}):
+        with trl_timers(trainer, optimizer, timer):
             trainer.train()
     wall = time.perf_counter() - t0
     if len(timer.steps) != cfg.steps:
@@ -406,20 +405,24 @@ def run_trl(cfg: Any, problems: Sequence[Any], output_dir: str | Path, *, check_
 
 def summarize(runs: Sequence[dict[str, Any]], warmup: int = 1) -> dict[str, Any]:
     """Pool the steps of ``runs`` after each run's first ``warmup`` steps: median and mean step seconds, samples per
-    step, samples/s at the median step, mean seconds of each part and the rest, median wall-clock per run."""
+    step, samples/s at the median step, mean seconds of each part (None: never logged) and the rest, median
+    wall-clock per run."""
     kept = [s for run in runs for s in run["steps"][warmup:]]
     if not kept:
         raise ValueError("no steps left after the warm-up; run more than one step")
     step = [s["step"] for s in kept]
     med = statistics.median(step)
     samples = statistics.median(s["samples"] for s in kept)
-    parts = {name: statistics.fmean(s.get(name, 0.0) for s in kept) for name, _ in PARTS if name != "other"}
-    parts["other"] = statistics.fmean(step) - sum(parts.values())
+    parts: dict[str, float | None] = {}
+    for name, _ in PARTS[:-1]:                   # None: a part no kept step logged (it is then in the rest)
+        values = [s.get(name, 0.0) for s in kept]
+        parts[name] = None if all(v is None for v in values) else statistics.fmean(v or 0.0 for v in values)
+    parts["other"] = statistics.fmean(step) - sum(v for v in parts.values() if v is not None)
     return {"step_median": med, "step_mean": statistics.fmean(step), "samples": samples,
             "samples_per_s": samples / med if med > 0 else math.inf,
             "completion_tokens": statistics.fmean(s["completion_tokens"] for s in kept),
             "wall_s": statistics.median(run["wall_s"] for run in runs), "parts": parts, "kept_steps": len(kept),
-            "threads": sorted({int(s.get("threads", 0)) for s in kept})}
+            "threads": sorted({int(s["threads"]) for s in kept if "threads" in s})}
 
 
 def step_ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> float:
@@ -429,11 +432,13 @@ def step_ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> float:
 
 def format_table(ours: dict[str, Any], theirs: dict[str, Any], target: float = 0.5) -> list[str]:
     """The Markdown table and the verdict line."""
-    def ratio(a: float, b: float) -> str:
-        return f"{b / a:.2f}×" if a > 0 else "—"
+    def ratio(a: float | None, b: float | None) -> str:
+        return f"{b / a:.2f}×" if a is not None and b is not None and a > 0 else "—"
 
     def part(s: dict[str, Any], name: str) -> str:
         v = s["parts"][name]
+        if v is None:
+            return "not logged"
         return f"{v:.3f} ({100 * v / s['step_mean']:.0f}%)" if s["step_mean"] > 0 else f"{v:.3f}"
 
     lines = ["| per RL step | rlvr | TRL | TRL ÷ rlvr |", "|:--|--:|--:|--:|",
@@ -482,19 +487,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="tiny-arith", help=f"model preset ({', '.join(MODEL_PRESETS)}); picks the "
                    "config unless --config is given")
     p.add_argument("--config", default=None, help="base config (default: the model's, see above)")
-    p.add_argument("--steps", type=_positive_int, default=8, help="RL steps per run, the first dropped (default 8)")
-    p.add_argument("--repeats", type=_positive_int, default=3, help="runs per side, alternating (default 3)")
-    p.add_argument("--threads", type=_positive_int, default=2, help="torch threads of both sides (default 2)")
-    p.add_argument("--prompts", type=_positive_int, default=None, help="P, prompts per step (default: the config's)")
-    p.add_argument("--group-size", type=_positive_int, default=None, help="G (default: the config's)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=None, help="default: the config's")
+    p.add_argument("--steps", type=positive_int, default=8, help="RL steps per run, the first dropped (default 8)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="runs per side, alternating (default 3)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch threads of both sides (default 2)")
+    p.add_argument("--prompts", type=positive_int, default=None, help="P, prompts per step (default: the config's)")
+    p.add_argument("--group-size", type=positive_int, default=None, help="G (default: the config's)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: the config's")
     p.add_argument("--override", nargs="*", default=[], help="extra key=value config overrides (both sides)")
 
 
 def model_facts(cfg: Any, problems: Sequence[Any]) -> tuple[int, float]:
     """(parameter count of the model, mean prompt length in tokens over ``problems`` as rlvr encodes them)."""
     from rlvr.models import count_parameters, load_model
-    from rlvr.trainer.build import make_encoder
+    from rlvr.trainer import make_encoder
 
     model, tokenizer = load_model(cfg.model.name)
     encode = make_encoder(tokenizer, cfg.model.system_prompt)
@@ -508,7 +513,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         import trl  # noqa: F401
     except ImportError:
-        print("rlvr bench trl: TRL is not installed; `make bench-trl` or "
+        print("python -m benchmarks trl: TRL is not installed; `make bench-trl` or "
               "`pip install -c constraints.txt -e '.[bench]'`", file=sys.stderr)
         return 2
     from transformers.utils import logging as hf_logging
@@ -518,14 +523,15 @@ def command(args: argparse.Namespace) -> int:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     if args.steps < 2:
-        print("rlvr bench trl: --steps must be at least 2 (the first step of each run is dropped)", file=sys.stderr)
+        print("python -m benchmarks trl: --steps must be at least 2 (the first step of each run is dropped)",
+              file=sys.stderr)
         return 2
     try:
         cfg = bench_config(args.model, steps=args.steps, threads=args.threads, config=args.config,
                            prompts=args.prompts, group_size=args.group_size, max_new_tokens=args.max_new_tokens,
                            overrides=args.override)
     except (ConfigError, ValueError) as e:
-        print(f"rlvr bench trl: {e}", file=sys.stderr)
+        print(f"python -m benchmarks trl: {e}", file=sys.stderr)
         return 2
     problems = step_problems(cfg)
     results: dict[str, list[dict[str, Any]]] = {"rlvr": [], "trl": []}
@@ -540,8 +546,11 @@ def command(args: argparse.Namespace) -> int:
     total, prompt_tokens = model_facts(cfg, problems)
     lines = [settings_line(cfg, total, args.steps, args.repeats), "", *format_table(ours, theirs),
              f"prompt tokens per row, mean {prompt_tokens:.1f} (both sides run the same prompts)"]
-    if ours["threads"] != [args.threads] or theirs["threads"] != [args.threads]:
-        lines.append(f"warning: torch threads during the steps were rlvr {ours['threads']}, TRL {theirs['threads']}")
+    unlogged = [RLVR_METRICS[name] for name, v in ours["parts"].items() if v is None]
+    if unlogged:
+        lines.append(f"note: rlvr's trainer logged no {', '.join(unlogged)}; those phases are in its rest of the step")
+    if theirs["threads"] != [args.threads]:   # rlvr's trainer sets its threads from model.threads itself
+        lines.append(f"warning: torch threads during TRL's steps were {theirs['threads']}, not {args.threads}")
     lines.append(f"benchmark wall-clock {time.perf_counter() - t_start:.0f} s")
     print("\n".join(lines))
     return 0

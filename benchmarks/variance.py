@@ -1,4 +1,4 @@
-"""Exact gradient bias and variance of the max@k estimators on the bandit toy (``rlvr bench variance``).
+"""Exact gradient bias and variance of the max@k estimators on the bandit toy (``python -m benchmarks variance``).
 
 One problem: a softmax policy π = softmax(θ) over A answers with rewards r [A]. A group is G i.i.d. answers;
 an estimator turns the group's rewards into advantages A_i and the gradient estimate
@@ -20,7 +20,7 @@ grpo and rloo estimate ∇ pass@1 (mean reward), not ∇ max@k: they are listed 
 ``passk_training`` needs binary rewards and is left out of non-binary problems.
 
 ``--setting tiny-arith`` runs the same study by Monte Carlo on the tiny-arith language model at its initial weights
-(``rlvr.bench.variance_llm``, whose docstring gives the estimates and options: --prompts, --group, --replicates,
+(``benchmarks.variance_llm``, whose docstring gives the estimates and options: --prompts, --group, --replicates,
 --ks, --seed, --threads); the default ``--setting bandit`` is the enumeration above (--groups, --ks).
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 
 from rlvr import advantages
 from rlvr.bandit import exact_max_at_k
-from rlvr.bench.advantages import _positive_int
+from benchmarks.cli import int_list, positive_int
 
 __all__ = ["ESTIMATORS", "GradStats", "exact_grad_stats", "enumerate_groups", "add_arguments", "command"]
 
@@ -129,13 +129,13 @@ def run(Gs: list[int], ks: list[int]) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from rlvr.bench import variance_llm
+    from benchmarks import variance_llm
 
     p.add_argument("--setting", choices=["bandit", "tiny-arith"], default="bandit",
                    help="bandit: exact, by enumeration (default); tiny-arith: Monte Carlo on the language model")
-    p.add_argument("--groups", type=lambda s: [int(x) for x in s.split(",")], default=None,
+    p.add_argument("--groups", type=int_list, default=None,
                    help="bandit: comma-separated group sizes G (A^G groups are enumerated: 4^8 = 65,536; default 4,8)")
-    p.add_argument("--ks", type=lambda s: [int(x) for x in s.split(",")], default=None,
+    p.add_argument("--ks", type=int_list, default=None,
                    help="comma-separated k of max@k (k < G; default 2,4 for bandit, 2,4,8 for tiny-arith)")
     variance_llm.add_arguments(p)
 
@@ -143,19 +143,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> int:
     import sys
 
-    from rlvr.bench import variance_llm
+    from benchmarks import variance_llm
 
     other = ["--groups"] if args.setting == "tiny-arith" else [f"--{n}" for n in variance_llm.DEFAULTS]
     given = [o for o in other if getattr(args, o[2:]) is not None]
     if given:
         verb = "does" if len(given) == 1 else "do"
-        print(f"rlvr bench variance: error: {', '.join(given)} {verb} not apply to --setting {args.setting}",
+        print(f"python -m benchmarks variance: error: {', '.join(given)} {verb} not apply to --setting {args.setting}",
               file=sys.stderr)
         return 2
     if args.setting == "tiny-arith":
         return variance_llm.command(args)
     groups = args.groups if args.groups is not None else [4, 8]
     for G in groups:
-        _positive_int(str(G))
+        positive_int(str(G))
     print("\n".join(run(groups, args.ks if args.ks is not None else [2, 4])))
     return 0

@@ -21,12 +21,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from rlvr.bench.advantages import _positive_int
+from benchmarks.cli import positive_int
 from rlvr.types import SamplingParams
 
-# rlvr.models / rlvr.rollout import transformers (seconds): imported where used, so `rlvr --help` stays fast.
+# rlvr.models / rlvr.rollout import transformers (seconds): imported where used, so `--help` stays fast.
 
-__all__ = ["PROMPTS", "make_prompts", "hf_generate", "time_interleaved", "run", "add_arguments", "command"]
+__all__ = ["PROMPTS", "make_prompts", "counted_tokens", "hf_generate", "time_interleaved", "run", "add_arguments",
+           "command"]
 
 # Ragged questions of the kind RLVR samples on (ASCII only, so the character tokenizer reads them too).
 PROMPTS = (
@@ -49,7 +50,7 @@ def make_prompts(tokenizer: Any, count: int) -> list[list[int]]:
     return [encode_prompt(tokenizer, PROMPTS[i % len(PROMPTS)]) for i in range(count)]
 
 
-def _counted_tokens(new: torch.Tensor, eos_ids: Sequence[int], pad_id: int) -> int:
+def counted_tokens(new: torch.Tensor, eos_ids: Sequence[int], pad_id: int) -> int:
     """Completion tokens that count in HF output.   new Long[b, T] -> int.
 
     Per row: up to and including the first EOS, and never the run of ``pad_id`` that HF writes after a row has
@@ -83,7 +84,7 @@ def hf_generate(model: Any, tokenizer: Any, prompts: list[list[int]], params: Sa
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens,
                                  pad_token_id=pad_id, eos_token_id=list(eos_ids) or None, **sampling)
-        total += _counted_tokens(out[:, width:], eos_ids, pad_id)
+        total += counted_tokens(out[:, width:], eos_ids, pad_id)
     return total
 
 
@@ -136,23 +137,23 @@ def run(model: Any, tokenizer: Any, *, prompts: int = 8, n: int = 4, max_new_tok
 
 
 # ----------------------------------------------------------------------------------------------
-# CLI hooks: `rlvr bench generate`
+# Command line: `python -m benchmarks generate`
 # ----------------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of ``rlvr bench generate`` to ``parser`` and return it."""
+    """Add the options of ``python -m benchmarks generate`` to ``parser`` and return it."""
     parser.add_argument("--model", default="tiny-random",
                         help="model preset, local dir or hub id (default tiny-random)")
-    parser.add_argument("--prompts", type=_positive_int, default=8, help="P, distinct prompts (default 8)")
-    parser.add_argument("--n", type=_positive_int, default=4, help="samples per prompt (default 4)")
-    parser.add_argument("--max-new-tokens", type=_positive_int, default=64, help="default 64")
-    parser.add_argument("--batch-size", type=_positive_int, default=64,
+    parser.add_argument("--prompts", type=positive_int, default=8, help="P, distinct prompts (default 8)")
+    parser.add_argument("--n", type=positive_int, default=4, help="samples per prompt (default 4)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="default 64")
+    parser.add_argument("--batch-size", type=positive_int, default=64,
                         help="rows per batch, both methods (default 64)")
-    parser.add_argument("--repeats", type=_positive_int, default=3, help="timed calls per method, median (default 3)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed calls per method, median (default 3)")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (default 1.0)")
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
-    parser.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--ablations", action="store_true",
                         help="also time HFSampler with lazy pruning and with per-row prefill")
     return parser

@@ -2,11 +2,12 @@
 
 Two settings, each measured in one run, sync and async alternating over ``--repeats``:
 
-* ``--setting sim`` (default): the staleness simulator. Generation is a ``SimSampler`` on a thread-backend
-  worker that takes ``--gen-s`` seconds per batch; the learner "trains" for ``--train-s`` seconds per step
-  (a sleep: the device is busy elsewhere, as a GPU learner would be). The async side runs the trainer's own
-  machinery (``WorkerPool``, ``StalenessGate``, ``Producer``, the learner's drop rule); sync runs the same
-  generation and training back to back. With generation ≈ training the two-stage limit is 2×.
+* ``--setting sim`` (default): the staleness simulator (``benchmarks.simulator``). Generation is a ``SimSampler`` on
+  a thread-backend worker that takes ``--gen-s`` seconds per batch; the learner "trains" for ``--train-s`` seconds per
+  step (a sleep: the device is busy elsewhere, as a GPU learner would be). The async side runs the trainer's own
+  machinery (``WorkerPool``, and ``rlvr.trainer.staleness``: ``StalenessGate``, ``Producer``, the learner's drop rule
+  ``take_fresh``); sync runs the same generation and training back to back. With generation ≈ training the two-stage
+  limit is 2×.
 * ``--setting tiny-arith``: the real trainers on ``configs/tiny_arith/grpo.yaml`` with ``--prompts`` prompts per
   step (4: generation then costs about what training does) and the objective ``--loss`` (default asympo, which
   needs no behaviour log-probs), no evaluation. Sync runs with 1 and with 2 torch threads; async runs give the
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlvr.bench.advantages import _positive_int
+from benchmarks.cli import int_list, positive_int
 
 __all__ = ["add_arguments", "command", "run_sim", "timeline"]
 
@@ -51,8 +52,8 @@ def run_sim(*, steps: int, gen_s: float, train_s: float, max_staleness: int | No
             group_size: int = 8, weight_delay_s: float = 0.0) -> dict[str, Any]:
     """One run: ``max_staleness=None`` is the synchronous loop, else the async machinery with that bound.
     Returns seconds, samples, per-step staleness, drops and the (kind, index, start, end) events."""
-    from rlvr.rollout.pool import ThreadBackend, WorkerPool
-    from rlvr.rollout.simulator import SimSampler
+    from benchmarks.simulator import SimSampler
+    from rlvr.rollout import ThreadBackend, WorkerPool
     from rlvr.trainer.staleness import Producer, StalenessGate, StalenessStats, take_fresh
 
     prompt_ids = [[1 + i] for i in range(prompts)]
@@ -152,7 +153,7 @@ def _bench_sim(args: argparse.Namespace) -> list[str]:
 def _trainer_variants(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     out = [(f"sync, {t} thread{'s' * (t > 1)}", ["trainer=sync", f"model.threads={t}"]) for t in (1, 2)]
     for backend in args.backends:
-        extra = ["rollout.worker_threads=1"] if backend == "ray" else []
+        extra = ["rollout.ray.threads_per_worker=1"] if backend == "ray" else []
         out += [(f"async {backend}, η={s}", ["trainer=async", f"rollout.backend={backend}", "model.threads=1",
                                             f"rollout.max_staleness={s}", *extra]) for s in args.staleness]
     return out
@@ -203,17 +204,17 @@ def _bench_trainer(args: argparse.Namespace) -> list[str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--setting", choices=["sim", "tiny-arith"], default="sim")
-    p.add_argument("--steps", type=_positive_int, default=None, help="learner steps (sim 16, tiny-arith 12)")
-    p.add_argument("--staleness", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2, 4],
+    p.add_argument("--steps", type=positive_int, default=None, help="learner steps (sim 16, tiny-arith 12)")
+    p.add_argument("--staleness", type=int_list, default=[0, 1, 2, 4],
                    help="comma-separated max_staleness values of the async runs")
-    p.add_argument("--repeats", type=_positive_int, default=3)
+    p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--gen-s", type=float, default=0.2, help="sim: seconds of generation per batch")
     p.add_argument("--train-s", type=float, default=0.2, help="sim: seconds of training per step")
     p.add_argument("--weight-delay-s", type=float, default=0.0,
                    help="sim: seconds before published weights reach the sampler (late weights cause drops)")
-    p.add_argument("--prompts", type=_positive_int, default=None, help="prompts per step (sim 8, tiny-arith 4: "
+    p.add_argument("--prompts", type=positive_int, default=None, help="prompts per step (sim 8, tiny-arith 4: "
                    "there generation then costs about what training does)")
-    p.add_argument("--group-size", type=_positive_int, default=8)
+    p.add_argument("--group-size", type=positive_int, default=8)
     p.add_argument("--config", default="configs/tiny_arith/grpo.yaml", help="tiny-arith: the base config")
     p.add_argument("--loss", default="asympo", help="tiny-arith: the policy loss of both trainers")
     p.add_argument("--backends", type=lambda s: s.split(","), default=["thread"],

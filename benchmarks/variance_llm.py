@@ -1,6 +1,7 @@
-"""Monte-Carlo gradient variance of the max@k estimators on tiny-arith (``rlvr bench variance --setting tiny-arith``).
+"""Monte-Carlo gradient variance of the max@k estimators on tiny-arith
+(``python -m benchmarks variance --setting tiny-arith``).
 
-The bandit setting of ``rlvr bench variance`` enumerates every group; a language model's completions cannot be
+The bandit setting of the variance benchmark enumerates every group; a language model's completions cannot be
 enumerated, so here E[g] and tr Cov(g) are estimated by Monte Carlo at FIXED parameters θ (the ``tiny-arith``
 preset's pretrained weights, before any RL), on a FIXED set of P prompts (drawn with ``--seed`` from the training
 split of configs/tiny_arith/grpo.yaml, as the trainer's ``PromptStream`` draws them): the variance is over sampling
@@ -14,7 +15,7 @@ tokens t < lengths[b] as in the trainer), the sequence log-probs
     ℓ_{p,i}(θ) = log π_θ(o_{p,i} | x_p) = Σ_t log π_θ(o_{p,i,t} | x_p, o_{p,i,<t}),       ℓ: [B = P·G].
 
 At temperature 1 and top_p 1 the sampling distribution is π_θ itself, so ∇ℓ is its score function. Every estimator
-of ``rlvr.bench.variance.ESTIMATORS`` (same labels, registry names, kwargs and exact scales c(G, k)) turns the
+of ``benchmarks.variance.ESTIMATORS`` (same labels, registry names, kwargs and exact scales c(G, k)) turns the
 rewards into advantages A [P, G] and the gradient estimate over all N trainable parameters
 
     g = c · (1/P) Σ_p Σ_i A_{p,i} ∇_θ ℓ_{p,i} = ∇_θ Σ_b w_b ℓ_b,    w = c·A/P flattened: [B],    g: float64 [N],
@@ -113,7 +114,7 @@ class Column:
 
 def estimator_columns(G: int, ks: Sequence[int], *, binary: bool = True) -> list[Column]:
     """Every (estimator, k) of ``variance.ESTIMATORS`` the estimator accepts at group size G (k-free ones once)."""
-    from rlvr.bench.variance import ESTIMATORS
+    from benchmarks.variance import ESTIMATORS
 
     columns = []
     for label, name, kwargs, scale in ESTIMATORS:
@@ -467,7 +468,7 @@ def format_table(res: MCResult) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 
 def _config(seed: int, threads: int) -> Any:
-    from rlvr.bench import config_path
+    from benchmarks import config_path
     from rlvr.config import load_config
 
     return load_config(config_path(CONFIG), ["model.name=tiny-arith", "model.lora=false", "model.dtype=float32",
@@ -477,19 +478,20 @@ def _config(seed: int, threads: int) -> Any:
 
 def _tiny_arith_draw(cfg: Any, model: Any, tokenizer: Any, pool: Any, P: int, G: int) -> tuple[Draw, list[Any]]:
     """The fixed prompts (``PromptStream`` of the training split, seeded by cfg.seed) and the replicate sampler."""
+    from rlvr.rewards import RewardSettings, score
     from rlvr.rollout import HFSampler
     from rlvr.seeding import derive_seed
-    from rlvr.trainer import build
-    from rlvr.trainer.batch import PromptStream, RewardSettings, score
+    from rlvr.trainer import PromptStream, build_problems, make_encoder
+    from rlvr.types import SamplingParams
 
-    train, _ = build.build_problems(cfg)
+    train, _ = build_problems(cfg)
     problems = PromptStream(train, cfg.seed).take(P)
-    encode = build.make_encoder(tokenizer, cfg.model.system_prompt)
+    encode = make_encoder(tokenizer, cfg.model.system_prompt)
     prompt_ids = [encode(p) for p in problems]
     sampler = HFSampler(model, tokenizer, max_batch_size=cfg.rollout.max_batch_size)
-    params = build.sampling_params(cfg)
-    r = cfg.reward
-    settings = RewardSettings(r.format_weight, r.overlong_buffer, r.overlong_penalty)
+    r = cfg.rollout
+    params = SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens, stop=r.stop)
+    settings = RewardSettings(cfg.reward.format_weight, cfg.reward.overlong_buffer, cfg.reward.overlong_penalty)
 
     def draw(rep: int) -> tuple[Any, Tensor]:
         rollout = sampler.generate(prompt_ids, params, n=G, seed=derive_seed(cfg.seed, "variance", rep))
@@ -498,20 +500,30 @@ def _tiny_arith_draw(cfg: Any, model: Any, tokenizer: Any, pool: Any, P: int, G:
     return draw, problems
 
 
+def load_policy(cfg: Any) -> tuple[torch.nn.Module, Any]:
+    """The config's model (a full fine-tune in float32 here) with every parameter trainable, and its tokenizer."""
+    from rlvr.models import load_model
+
+    model, tokenizer = load_model(cfg.model.name, dtype=torch.float32, cache_dir=cfg.model.cache_dir)
+    torch.manual_seed(cfg.seed)                  # as the trainer leaves the global generator after loading
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model, tokenizer
+
+
 def run(*, prompts: int = 8, group: int = 16, replicates: int = 64, ks: Sequence[int] = (2, 4, 8), seed: int = 0,
         threads: int | None = None) -> list[str]:
     """The table and the settings line for the tiny-arith setting."""
-    from rlvr.bench.advantages import _available_cores
+    from benchmarks.cli import available_cores
     from rlvr.rewards import RewardPool
-    from rlvr.trainer import build
 
     t0 = time.perf_counter()
-    threads = threads or _available_cores()
+    threads = threads or available_cores()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         cfg = _config(seed, threads)
-        model, tokenizer = build.load_policy(cfg, torch.device("cpu"))
+        model, tokenizer = load_policy(cfg)
         model.eval()
         binary = cfg.reward.format_weight == 0 and cfg.reward.overlong_buffer == 0
         columns = estimator_columns(group, ks, binary=binary)
@@ -531,21 +543,21 @@ def run(*, prompts: int = 8, group: int = 16, replicates: int = 64, ks: Sequence
 
 
 # ----------------------------------------------------------------------------------------------
-# Command line (options registered by rlvr.bench.variance)
+# Command line (options registered by benchmarks.variance)
 # ----------------------------------------------------------------------------------------------
 
 DEFAULTS = {"prompts": 8, "group": 16, "replicates": 64, "seed": 0, "threads": None}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from rlvr.bench.advantages import _positive_int
+    from benchmarks.cli import positive_int
 
-    p.add_argument("--prompts", type=_positive_int, default=None, help="tiny-arith: P, fixed prompts (default 8)")
-    p.add_argument("--group", type=_positive_int, default=None, help="tiny-arith: G, samples per prompt (default 16)")
+    p.add_argument("--prompts", type=positive_int, default=None, help="tiny-arith: P, fixed prompts (default 8)")
+    p.add_argument("--group", type=positive_int, default=None, help="tiny-arith: G, samples per prompt (default 16)")
     p.add_argument("--replicates", type=int, default=None,
                    help="tiny-arith: R, independent replicates, >= 2 (default 64)")
     p.add_argument("--seed", type=int, default=None, help="tiny-arith: seed of the prompts and samples (default 0)")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="tiny-arith: torch threads (default: every core this process may use; on a machine busy "
                         "with other work, --threads 1 can be more than 10x faster)")
 
@@ -579,7 +591,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         kw = check_args(args)
     except ValueError as e:
-        print(f"rlvr bench variance: error: {e}", file=sys.stderr)
+        print(f"python -m benchmarks variance: error: {e}", file=sys.stderr)
         return 2
     print("\n".join(run(**kw)))
     return 0

@@ -1,4 +1,5 @@
-"""SimSampler: a model-free sampler for testing and benchmarking asynchronous RL without a GPU.
+"""SimSampler, the staleness simulator: a model-free sampler for testing and benchmarking asynchronous RL without a
+GPU (``python -m benchmarks async`` and tests/test_async.py, tests/test_simulator.py).
 
 It implements the ``Sampler`` protocol (``generate``, ``version``) plus ``load_weights``, but has no model: the
 "policy" is one token distribution that drifts with the weight version, and a generation takes a configurable time.
@@ -10,7 +11,7 @@ Exact semantics (V = ``vocab_size``, M = ``params.max_new_tokens``, B = P·n row
   ``torch.Generator`` seeded with ``seed``. At version v the logits are ``logits(v) = base + drift·v·direction``
   and every completion token is drawn i.i.d. (independently of position, prompt and earlier tokens) from
   ``softmax(logits(v))`` at ``params.temperature`` and ``params.top_p``: for T > 0 the distribution of
-  ``rlvr.rollout.hf.token_probs`` (softmax(logits / T), then the nucleus filter); for T = 0 the argmax at every
+  ``rlvr.rollout.token_probs`` (softmax(logits / T), then the nucleus filter); for T = 0 the argmax at every
   step (then every row is the same).
 * **Draws.** Row b = i·n + j (prompt i, sample j) at step t draws with ``uniforms(row_keys(seed, i, j), t)`` and
   ``inverse_cdf_sample``, as ``HFSampler`` does: a rollout is a pure function of (version, number of prompts,
@@ -48,8 +49,7 @@ from typing import Any, Callable
 
 import torch
 
-from rlvr.rollout.hf import inverse_cdf_sample, row_keys, token_probs, uniforms
-from rlvr.rollout.sampler import check_generate_args
+from rlvr.rollout import check_generate_args, inverse_cdf_sample, row_keys, token_probs, uniforms
 from rlvr.types import Rollout, SamplingParams
 
 Tensor = torch.Tensor
