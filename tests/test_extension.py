@@ -197,7 +197,7 @@ def test_engine_facts_reach_config_validation_and_the_builders(user, tmp_path, m
 
 def test_backend_is_made_by_name_and_path_with_its_facts(user):
     from rlvr.rollout.pool import ThreadBackend, WorkerPool
-    from rlvr.rollout.simulator import SimSampler
+    from benchmarks.simulator import SimSampler
     from rlvr.types import SamplingParams
 
     assert backends.backend(f"{MODULE}:user_threads") is backends.backend("user_threads")

@@ -242,7 +242,7 @@ def update_policy(policy: Policy, batch: Batch, algo: Algorithm, schedule: Sched
     f = _Frozen(old=frozen_logprobs(policy, ro, mbs) if algo.needs_frozen_old(schedule.updates) else None,
                 ref=frozen_logprobs(policy, ro, mbs, policy.reference.context) if wants_ref else None,
                 behavior=behavior_logprobs(ro, algo))
-    f.times["frozen"] = time.perf_counter() - t0
+    f.times["frozen"] = time.perf_counter() - t0 if f.old is not None or f.ref is not None else 0.0
     policy.model.train()
     params = [p for p in policy.model.parameters() if p.requires_grad]
     out = optimize(params, policy.optimizer, policy.scheduler, ro.lengths.shape[0], schedule, step,
