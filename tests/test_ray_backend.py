@@ -278,19 +278,19 @@ def test_async_trainer_on_ray_trains_and_survives_a_killed_worker(ray_runtime, t
     from test_train_e2e import TINY
 
     pools = []
-    real_pool, real_update = async_.worker_pool, async_.update_policy
+    real_pool, real_update = async_.worker_pool, async_.update
 
     def capture(cfg):
         pools.append(real_pool(cfg))
         return pools[-1]
 
-    def update_then_kill(*args, step, **kw):
-        out = real_update(*args, step=step, **kw)
+    def update_then_kill(run, batch, step):
+        out = real_update(run, batch, step)
         if step == 1:
             ray.kill(pools[0]._workers[0].actor, no_restart=True)
         return out
     monkeypatch.setattr(async_, "worker_pool", capture)
-    monkeypatch.setattr(async_, "update_policy", update_then_kill)
+    monkeypatch.setattr(async_, "update", update_then_kill)
     cfg = load_config(None, [*TINY, "steps=4", "trainer=async", "rollout.backend=ray", "rollout.max_staleness=1",
                              "algo.loss=asympo", "eval.at_start=false", "rollout.ray.threads_per_worker=1",
                              f"rollout.ray.cpus_per_worker={ACTOR_CPUS}"])
