@@ -130,6 +130,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from rlvr.config import to_dict
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
+    launched = _launch_ranks(cfg, args)
+    if launched is not None:
+        return launched
     from transformers.utils import logging as hf_logging
 
     from rlvr.trainer import train
@@ -142,6 +145,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"rlvr train: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _launch_ranks(cfg: Any, args: argparse.Namespace) -> int | None:
+    """With ``dist.world_size`` N > 1 and no launcher around this process: run this same command as N learner ranks
+    through torch.distributed.run on this machine and return its exit code. None when this process is one of the
+    ranks (or the only one): under a launcher of the user's own (torchrun --nnodes ...) its WORLD_SIZE rules."""
+    import os
+    import subprocess
+
+    from rlvr.trainer.dist import launched_by_torchrun
+    from rlvr.trainer.run import default_run_dir
+
+    n = cfg.dist.world_size
+    if launched_by_torchrun() or n == 1:
+        if launched_by_torchrun() and n not in (1, int(os.environ["WORLD_SIZE"])):
+            print(f"rlvr train: config error: dist.world_size={n}, but the launcher started "
+                  f"WORLD_SIZE={os.environ['WORLD_SIZE']} ranks", file=sys.stderr)
+            return 2
+        return None
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "rlvr",
+           "train", *args.overrides]
+    if args.resume:
+        cmd += ["--resume", args.resume]
+    else:  # every rank must write to the same run directory: fix it before the ranks start
+        cmd += ["--run-dir", str(args.run_dir or default_run_dir(cfg))]
+    return subprocess.call(cmd)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:

@@ -348,6 +348,20 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class DistConfig:
+    world_size: int = 1
+    """Learner ranks: rlvr train starts this many on this machine through torch.distributed.run (1 = one process).
+    Under a launcher of your own (torchrun --nnodes ... -m rlvr train ...) its WORLD_SIZE rules and this stays 1."""
+    strategy: str = "fsdp2"
+    """How the policy is spread over the ranks: fsdp2 (parameters, gradients and optimiser state sharded) or ddp
+    (replicated, gradients all-reduced)."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "world_size")
+        _one_of(self, "strategy", ("fsdp2", "ddp"))
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     steps: int = 14
     """Training steps: each samples prompts_per_step × group_size completions and updates the policy
@@ -374,6 +388,8 @@ class TrainConfig:
     """Held-out evaluation during the run."""
     log: LogConfig = field(default_factory=LogConfig)
     """Run directory, logs, completions, checkpoints."""
+    dist: DistConfig = field(default_factory=DistConfig)
+    """Data-parallel learner ranks (torch.distributed: gloo on CPU, NCCL on CUDA)."""
 
     def __post_init__(self) -> None:
         _positive(self, "steps")
@@ -422,7 +438,7 @@ def _registered(obj: object, name: str, lookup: Callable[[str], Any]) -> None:
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig, "rollout.vllm": VLLMConfig,
              "rollout.ray": RayConfig, "reward": RewardConfig, "algo": AlgoConfig, "critic": CriticConfig,
-             "optim": OptimConfig, "eval": EvalConfig, "log": LogConfig}
+             "optim": OptimConfig, "eval": EvalConfig, "log": LogConfig, "dist": DistConfig}
 
 RENAMED = {"rollout.vllm_kwargs": "rollout.vllm.engine_kwargs (or rollout.vllm.gpu_memory_utilization, "
                                   "rollout.vllm.max_model_len, rollout.vllm.enforce_eager)",

@@ -1,7 +1,7 @@
 """The asynchronous trainer: rollout workers generate the next batches while the learner trains on this one.
 
-A producer thread makes batches in order with the sync loop's ``collect`` (sampling on the rollout workers,
-scoring, advantages); the learner takes them, drops any sampled with weights more than
+A producer thread makes batches in order with the sync loop's ``sample`` and ``make_batch`` (sampling on the
+rollout workers, scoring, advantages); the learner takes them, drops any sampled with weights more than
 ``rollout.max_staleness`` updates old, trains on the rest with the sync loop's ``update``, and publishes its
 new weights with their version. That is the only difference from the synchronous loop: where samples come
 from. Admission control (``trainer.staleness``) holds the
@@ -17,6 +17,8 @@ Rollout workers are threads of this process (``rollout.backend=thread``) or Ray 
 with HFSampler or, with ``rollout.engine=vllm``, vLLM (then the learner publishes LoRA-merged full weights);
 a worker that dies or hangs is replaced and its prompts re-issued (``rollout.pool``). Estimators that need a critic
 are not supported here (the critic would need its own weight versions); ``Algorithm.from_config`` says so.
+With several learner ranks (``dist.world_size``) the workers, the producer and the gate live on rank 0, which
+hands each batch to every rank; all ranks train on it together (``step.update_policy``).
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ from rlvr.trainer import build
 from rlvr.trainer.checkpoint import TrainState
 from rlvr.trainer.run import Run, RunSummary, step_metrics
 from rlvr.trainer.staleness import Producer, StalenessGate, StalenessStats, take_fresh
-from rlvr.trainer.sync import collect, update
+from rlvr.trainer.dist import broadcast_object
+from rlvr.trainer.sync import make_batch, sample, update
 
 __all__ = ["train", "worker_pool"]
 
@@ -62,36 +65,80 @@ def _stage_threads(cfg: TrainConfig) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+class Rollouts:
+    """Rank 0's side of asynchronous sampling: the rollout workers, the staleness gate and statistics, and the
+    producer thread that makes batches with the sync loop's ``sample`` and ``make_batch``."""
+
+    def __init__(self, run: Run, workers: WorkerPool) -> None:
+        cfg, extras = run.cfg, run.state.extras
+        self.run, self.workers = run, workers
+        workers.publish(run.version, run.worker_weights())
+        self.stats = StalenessStats.from_state(cfg.rollout.max_staleness, extras.get("async_stats"))
+        self.gate = StalenessGate(cfg.rollout.max_staleness, run.version, dropped=self.stats.dropped_chunks)
+        self.producer = Producer(lambda step: make_batch(run, *sample(run, workers, step)),
+                                 lambda: run.stream.position, self.gate,
+                                 start=extras.get("async_next_chunk", run.state.step))
+
+    def take(self) -> tuple[Any, int, float]:
+        """(the next chunk fresh enough to train on, chunks dropped for staleness, seconds waited)."""
+        t0 = time.perf_counter()
+        chunk, dropped = take_fresh(self.producer, self.gate, self.run.version, self.stats)
+        return chunk, dropped, time.perf_counter() - t0
+
+    def publish(self) -> None:
+        """The learner's new weights to the workers and the gate (after ``Run.publish``)."""
+        self.workers.publish(self.run.version, self.run.worker_weights())
+        self.gate.publish(self.run.version)
+
+    def metrics(self, chunk: Any, staleness: int, dropped: int, waited: float) -> dict[str, float]:
+        return {**self.stats.metrics(staleness, chunk.batch.rollout.lengths.shape[0], dropped, waited),
+                "async/ready_chunks": float(self.producer.ready()),
+                "rollout/worker_restarts": float(self.workers.stats.restarts),
+                "rollout/reissued_prompts": float(self.workers.stats.reissued_prompts)}
+
+    def state(self, chunk: Any) -> TrainState:
+        """What a resume after training on ``chunk`` needs."""
+        return TrainState(0, chunk.position, self.run.version,
+                          {"async_next_chunk": chunk.index + 1, "async_stats": self.stats.state()})
+
+    def close(self) -> None:
+        self.producer.close(timeout=self.run.cfg.rollout.worker_timeout_s)
+
+
+@contextmanager
+def _rollouts(run: Run) -> Iterator[Rollouts | None]:
+    """Rank 0's ``Rollouts`` (closed on exit); None on the other learner ranks."""
+    if not run.world.main:
+        yield None
+        return
+    with worker_pool(run.cfg) as workers:
+        rollouts = Rollouts(run, workers)
+        try:
+            yield rollouts
+        finally:
+            rollouts.close()
+
+
 def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False,
           console: Any = None) -> RunSummary:
     """Run (or, with ``resume``, continue) asynchronous training; returns where the run lives and its eval
     accuracies."""
-    with _stage_threads(cfg), Run(cfg, run_dir, resume, console) as run, worker_pool(cfg) as workers:
-        extras = run.state.extras
-        workers.publish(run.version, build.worker_weights(cfg, run.policy.model))
-        stats = StalenessStats.from_state(cfg.rollout.max_staleness, extras.get("async_stats"))
-        gate = StalenessGate(cfg.rollout.max_staleness, run.version, dropped=stats.dropped_chunks)
-        producer = Producer(lambda step: collect(run, workers, step), lambda: run.stream.position, gate,
-                            start=extras.get("async_next_chunk", run.state.step))
-        try:
-            for step in range(run.state.step, cfg.steps):
-                t0 = time.perf_counter()
-                chunk, dropped = take_fresh(producer, gate, run.version, stats)        # samples come from here
-                t1 = time.perf_counter()
-                staleness = run.version - chunk.batch.rollout.policy_version
-                metrics = update(run, chunk.batch, step)
-                run.publish(run.version + 1)
-                workers.publish(run.version, build.worker_weights(cfg, run.policy.model))
-                gate.publish(run.version)
-                metrics = {**step_metrics(chunk.batch, metrics, run.version, (t0, t1, time.perf_counter()),
-                                          cfg.algo.num_iterations),
-                           **stats.metrics(staleness, chunk.batch.rollout.lengths.shape[0], dropped, t1 - t0),
-                           "async/ready_chunks": float(producer.ready()),
-                           "rollout/worker_restarts": float(workers.stats.restarts),
-                           "rollout/reissued_prompts": float(workers.stats.reissued_prompts)}
-                run.end_step(step, chunk.batch, metrics,
-                             TrainState(step + 1, chunk.position, run.version,
-                                        {"async_next_chunk": chunk.index + 1, "async_stats": stats.state()}))
-        finally:
-            producer.close(timeout=cfg.rollout.worker_timeout_s)
+    with _stage_threads(cfg), Run(cfg, run_dir, resume, console) as run, _rollouts(run) as rollouts:
+        for step in range(run.state.step, cfg.steps):
+            t0 = time.perf_counter()
+            chunk, dropped, waited = rollouts.take() if rollouts else (None, 0, 0.0)   # samples come from here
+            batch = broadcast_object(chunk.batch if chunk else None, run.world)
+            t1 = time.perf_counter()
+            staleness = run.version - batch.rollout.policy_version
+            metrics = update(run, batch, step)
+            run.publish(run.version + 1)
+            if rollouts is None:
+                run.end_step(step, batch, metrics, TrainState(step + 1, 0, run.version))
+                continue
+            rollouts.publish()
+            metrics = {**step_metrics(batch, metrics, run.version, (t0, t1, time.perf_counter()),
+                                      cfg.algo.num_iterations), **rollouts.metrics(chunk, staleness, dropped, waited)}
+            state = rollouts.state(chunk)
+            state.step = step + 1
+            run.end_step(step, batch, metrics, state)
     return run.summary()

@@ -12,6 +12,7 @@ import torch
 
 from rlvr.config import TrainConfig
 from rlvr.trainer.algorithm import Algorithm
+from rlvr.trainer.step import Reference
 from rlvr.types import Problem, SamplingParams
 
 
@@ -46,14 +47,6 @@ def load_policy(cfg: TrainConfig, device: torch.device):
     if m.gradient_checkpointing:  # non-reentrant: works with frozen embeddings (LoRA) and with rlvr.attention
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, tokenizer
-
-
-@dataclass
-class Reference:
-    """The frozen initial model: the LoRA model with adapters off, or a frozen copy of the weights."""
-
-    model: torch.nn.Module
-    context: Callable[[], AbstractContextManager]
 
 
 def build_reference(cfg: TrainConfig, model: torch.nn.Module, algo: Algorithm) -> Reference | None:
@@ -183,12 +176,15 @@ def autocast_factory(cfg: TrainConfig, device: torch.device) -> Callable[[], Abs
     return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
 
 
-def build_critic(cfg: TrainConfig, device: torch.device, algo: Algorithm) -> Any:
+def build_critic(cfg: TrainConfig, device: torch.device, algo: Algorithm, world: Any = None) -> Any:
     """A ``Critic`` (value model, its optimiser, the value clip) when the algorithm ``needs_critic``; else None.
 
     The critic is a fresh copy of the policy's initial model with a zero-initialised scalar head
-    (rlvr.value); LoRA follows ``critic.lora`` (None: as the policy).
+    (rlvr.value); LoRA follows ``critic.lora`` (None: as the policy). With several learner ranks it is
+    distributed like the policy (``dist.wrap``) before its optimiser is made.
     """
+    from rlvr.trainer import dist
+
     if not algo.needs_critic:
         return None
     from rlvr.models import load_model
@@ -203,8 +199,10 @@ def build_critic(cfg: TrainConfig, device: torch.device, algo: Algorithm) -> Any
     lora = dict(rank=m.lora_rank, alpha=m.lora_alpha, dropout=m.lora_dropout,
                 target_modules=m.lora_target_modules) if use_lora else None
     critic = build_value_model(lm, lora=lora)
+    world = world or dist.World()
+    module = dist.wrap(critic, critic.lm, world)
     params = [p for p in critic.parameters() if p.requires_grad]
     o = cfg.optim
     opt = torch.optim.AdamW(params, lr=cfg.critic.lr, betas=o.betas, weight_decay=o.weight_decay)
     return Critic(critic, opt, cfg.critic.value_clip if cfg.critic.value_clip > 0 else None,
-                  autocast_factory(cfg, device))
+                  autocast_factory(cfg, device), module=module, world=world)

@@ -9,6 +9,7 @@ progress bar. The loops (``sync.py``, ``async_.py``) only decide where a batch c
 """
 from __future__ import annotations
 
+import gc
 import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from rlvr.config import TrainConfig, dump_config
 from rlvr.eval import EvalResult, evaluate
 from rlvr.metrics import RunLog
 from rlvr.rewards.scoring import RewardSettings
-from rlvr.trainer import build
+from rlvr.trainer import build, dist
 from rlvr.trainer.algorithm import Algorithm
 from rlvr.trainer.batch import Batch, PromptStream, batch_metrics, row_advantages
 from rlvr.trainer.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -48,109 +49,166 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 
 class Run:
     """One training run's objects, policy version, logs, reward pool, evaluation and checkpoints (a context
-    manager). Attributes after entry: cfg, algo, schedule, dir, train_problems, eval_problems, tokenizer, encode,
-    stream, policy (``step.Policy``), critic (``critic.Critic`` or None), sampler (an HFSampler on the learner's
-    weights: the sync loop's sampler and both loops' evaluator), ref_sampler and ref_context (the reference
-    model's samples, when the algorithm draws them), sampling, rewards, pool, log, state (where training
-    starts), version."""
+    manager). Attributes after entry: cfg, algo, schedule, world (the learner ranks), dir, tokenizer, policy
+    (``step.Policy``), critic (``critic.Critic`` or None), version; and on rank 0, which drives the run:
+    train_problems, eval_problems, encode, stream, sampler (an HFSampler on the learner's weights: the sync loop's
+    sampler and both loops' evaluator; its own copy of them with several ranks), ref_sampler and ref_context (the
+    reference model's samples, when the algorithm draws them), sampling, rewards, pool, log, state (where
+    training starts)."""
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = False,
                  console: Any = None) -> None:
         self.cfg, self.resume, self.console = cfg, resume, console
-        self.dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+        self.dir = Path(run_dir) if run_dir is not None else None
         self.eval_end: float | None = None
+        self.sampler = self.stream = self.pool = self.log = None      # rank 0's: set by _open_driver and _start
 
     def __enter__(self) -> "Run":
         from rich.console import Console
 
         self._t_start = time.perf_counter()
-        self.console = self.console or Console()
         self.algo = Algorithm.from_config(self.cfg)                  # fails here, before anything loads
         self.schedule = Schedule.from_config(self.cfg)
-        self._open()
+        self.device = build.resolve_device(self.cfg.model.device)
+        self.world = dist.init(self.cfg.dist.strategy, self.device)
+        self.console = self.console or Console(quiet=not self.world.main)
+        self.dir = dist.broadcast_object(self.dir or default_run_dir(self.cfg), self.world)
         self._stack = ExitStack().__enter__()
         try:
+            self._open()
             self._start()
         except BaseException:
             self._stack.close()
+            dist.shutdown(self.world)
             raise
         return self
 
     def _open(self) -> None:
         """Build (or restore from the latest checkpoint) everything the loops use."""
-        from rlvr.rollout import HFSampler
-
         cfg, algo = self.cfg, self.algo
         if cfg.model.threads:
             torch.set_num_threads(cfg.model.threads)
         if not self.resume and (self.dir / "metrics.jsonl").exists():
             raise FileExistsError(f"run directory {self.dir} already holds a run; use --resume to continue it")
-        self.train_problems, self.eval_problems = build.build_problems(cfg)
-        device = build.resolve_device(cfg.model.device)
-        model, self.tokenizer = build.load_policy(cfg, device)
-        reference = build.build_reference(cfg, model, algo)
-        optimizer, scheduler = build.build_optimizer(cfg, model)
-        self.policy = Policy(model, optimizer, scheduler, reference, build.autocast_factory(cfg, device),
-                             cfg.model.logprob_chunk_size, cfg.model.share_prompts,
-                             log_ref_kl=cfg.log.ref_kl and reference is not None)
-        self.critic = build.build_critic(cfg, device, algo)
+        if self.world.main:
+            self.train_problems, self.eval_problems = build.build_problems(cfg)
+        self._open_learner()
         self.state = TrainState(step=0, data_position=0, policy_version=0)
         if self.resume:
-            critic = (self.critic.model, self.critic.optimizer) if self.critic else None
-            self.state = load_checkpoint(latest_checkpoint(self.dir / "checkpoints"), model, optimizer, scheduler,
-                                         critic=critic)
+            p, critic = self.policy, (self.critic.model, self.critic.optimizer) if self.critic else None
+            self.state = load_checkpoint(latest_checkpoint(self.dir / "checkpoints"), p.model, p.optimizer,
+                                         p.scheduler, critic=critic, world=self.world)
             self.console.print(f"resuming {self.dir} from step {self.state.step}")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, self.dir / "config.yaml")
-        self.sampler = HFSampler(model, self.tokenizer, max_batch_size=cfg.rollout.max_batch_size)
+        if self.world.main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.dir / "config.yaml")
+            self._open_driver()
         self.publish(self.state.policy_version)
+
+    def _open_learner(self) -> None:
+        """The policy (distributed over the ranks), its reference, optimiser and critic, on every rank."""
+        cfg, algo, world = self.cfg, self.algo, self.world
+        model, self.tokenizer = build.load_policy(cfg, self.device)
+        reference = build.build_reference(cfg, model, algo)               # before sharding: a copy is whole
+        module = dist.wrap(dist.LogProbs(model), model, world)
+        optimizer, scheduler = build.build_optimizer(cfg, model)           # after: FSDP2 swaps in sharded params
+        self.policy = Policy(model, optimizer, scheduler, reference, build.autocast_factory(cfg, self.device),
+                             cfg.model.logprob_chunk_size, cfg.model.share_prompts,
+                             log_ref_kl=cfg.log.ref_kl and reference is not None, module=module, world=world)
+        self.critic = build.build_critic(cfg, self.device, algo, world)
+
+    def _open_driver(self) -> None:
+        """Rank 0's part: the prompt stream, the samplers, sampling and reward settings."""
+        from rlvr.rollout import HFSampler
+        from rlvr.rollout.engines import engine
+
+        cfg, algo = self.cfg, self.algo
+        if self.world.parallel and self.world.strategy == "fsdp2" and engine(cfg.rollout.engine).full_weights:
+            raise ValueError(f"rollout.engine={cfg.rollout.engine} takes the whole merged model, which the sharded "
+                             "learner does not gather yet: use dist.strategy=ddp with it")
+        self.sampler = build.SamplerFactory(cfg)() if self.world.parallel else \
+            HFSampler(self.policy.model, self.tokenizer, max_batch_size=cfg.rollout.max_batch_size)
         self.encode = build.make_encoder(self.tokenizer, cfg.model.system_prompt)
         self.stream = PromptStream(self.train_problems, cfg.seed, position=self.state.data_position)
+        own_copy = cfg.trainer == "async" or self.world.parallel        # sampling must not share the learner's weights
         self.ref_sampler, self.ref_context = build.reference_sampler(
-            cfg, reference, self.tokenizer, own_copy=cfg.trainer == "async") \
+            cfg, self.policy.reference, self.tokenizer, own_copy=own_copy) \
             if algo.needs_reference_samples else (None, nullcontext)
         self.sampling = build.sampling_params(cfg, algo)
         r = cfg.reward
         self.rewards = RewardSettings(r.format_weight, r.overlong_buffer, r.overlong_penalty)
 
     def publish(self, version: int) -> None:
-        """The learner's weights are now ``version`` updates old; the learner-side sampler stamps its rollouts
-        with it."""
+        """The learner's weights are now ``version`` updates old: rank 0's sampler stamps its rollouts with it. With
+        several ranks every rank takes part in gathering the full weights (adapters only under LoRA) and rank 0's
+        sampler loads them (``self.weights`` keeps them for rollout workers)."""
         self.version = version
-        self.sampler.version = version
+        if self.world.parallel:
+            self.weights = dist.full_trainable_state(self.policy.model, self.world)
+            if self.world.main:
+                self.sampler.load_weights(version, self.weights)
+        elif self.world.main:
+            self.sampler.version = version
+
+    @property
+    def data_position(self) -> int:
+        """Problems handed out by the prompt stream (rank 0's; 0 on the other ranks, which hold no stream)."""
+        return self.stream.position if self.stream is not None else 0
+
+    def worker_weights(self) -> dict[str, torch.Tensor]:
+        """What rank 0 publishes to rollout workers (``build.worker_weights``); with several ranks, the weights the
+        last ``publish`` gathered, or the LoRA-merged model for an engine that holds full weights (DDP only: every
+        rank then holds them whole)."""
+        from rlvr.rollout.engines import engine
+
+        if not self.world.parallel or engine(self.cfg.rollout.engine).full_weights:
+            return build.worker_weights(self.cfg, self.policy.model)
+        return self.weights
 
     def _start(self) -> None:
-        """Open the logs and the reward pool; log the data sizes and evaluate at the start (new runs); open the
-        progress bar."""
-        from rlvr.data import problems_hash
+        """On rank 0: open the logs and the reward pool; log the data sizes and evaluate at the start (new runs);
+        open the progress bar."""
+        self.extras = dict(self.state.extras)
+        if not self.world.main:
+            return
         from rlvr.rewards import RewardPool
 
         cfg = self.cfg
-        self.extras = dict(self.state.extras)
         self.log = self._stack.enter_context(RunLog(self.dir, tensorboard=cfg.log.tensorboard,
                                                     resume_step=self.state.step if self.resume else None))
         self.pool = self._stack.enter_context(RewardPool(num_workers=cfg.reward.num_workers,
                                                          timeout_s=cfg.reward.timeout_s))
         if not self.resume:
-            self.extras = {"eval_hash": problems_hash(self.eval_problems), "eval_start": None}
-            self.console.print(f"run dir {self.dir}; {len(self.train_problems)} train / {len(self.eval_problems)} "
-                               f"eval problems (eval set hash {self.extras['eval_hash']})")
-            self.log.log(0, {"data/train_problems": len(self.train_problems),
-                             "data/eval_problems": len(self.eval_problems)})
-            if cfg.eval.at_start:
-                res = self.evaluate(0)
-                self.extras["eval_start"] = res.accuracy
-                self.console.print(f"held-out accuracy at start: {res.accuracy:.3f} ({res.n_problems} problems, "
-                                   f"{res.seconds:.0f} s)")
+            self._log_start()
         self._progress = self._stack.enter_context(_progress(self.console, cfg))
         self._task = self._progress.add_task("train", total=cfg.steps, completed=self.state.step,
                                              reward=float("nan"), acc=float("nan"))
 
+    def _log_start(self) -> None:
+        from rlvr.data import problems_hash
+
+        self.extras = {"eval_hash": problems_hash(self.eval_problems), "eval_start": None}
+        self.console.print(f"run dir {self.dir}; {len(self.train_problems)} train / {len(self.eval_problems)} "
+                           f"eval problems (eval set hash {self.extras['eval_hash']})")
+        self.log.log(0, {"data/train_problems": len(self.train_problems),
+                         "data/eval_problems": len(self.eval_problems), "dist/world_size": self.world.size})
+        if self.cfg.eval.at_start:
+            res = self.evaluate(0)
+            self.extras["eval_start"] = res.accuracy
+            self.console.print(f"held-out accuracy at start: {res.accuracy:.3f} ({res.n_problems} problems, "
+                               f"{res.seconds:.0f} s)")
+
     def __exit__(self, *exc: object) -> None:
-        self._stack.__exit__(*exc)
+        try:
+            self._stack.__exit__(*exc)
+        finally:
+            if self.world.parallel:   # DDP's destructor must run while the process group is still alive
+                self.policy = self.critic = None
+                gc.collect()
+            dist.shutdown(self.world)
 
     def evaluate(self, step: int) -> EvalResult:
-        """Held-out evaluation with the learner's weights (``sampler``), logged at ``step``."""
+        """Held-out evaluation with the learner's weights (``sampler``, rank 0), logged at ``step``."""
         res = evaluate(self.sampler, self.encode, self.eval_problems, self.pool, build.eval_params(self.cfg),
                        seed=self.cfg.seed, n=self.cfg.eval.n)
         self.log.log(step, {**res.flat(), "eval/problems": res.n_problems})
@@ -159,24 +217,26 @@ class Run:
         return res
 
     def end_step(self, step: int, batch: Batch, metrics: dict[str, float], state: TrainState) -> None:
-        """Log step ``step``'s metrics (as step + 1), then evaluate and checkpoint when due; ``state`` is what a
-        resume from here needs (``extras`` are added to it)."""
-        cfg = self.cfg
-        self.log.log(step + 1, metrics)
-        if cfg.log.completions_every and (step + 1) % cfg.log.completions_every == 0:
-            self.log.completions(step + 1, completion_rows(batch))
-        last = step + 1 == cfg.steps
-        if last or (cfg.eval.every and (step + 1) % cfg.eval.every == 0):
-            res = self.evaluate(step + 1)
-            if last:
-                self.eval_end = self.extras["eval_end"] = res.accuracy
+        """Log step ``step``'s metrics (as step + 1), then evaluate and checkpoint when due (rank 0; every rank
+        writes its part of a checkpoint); ``state`` is what a resume from here needs (``extras`` are added)."""
+        cfg, last = self.cfg, step + 1 == self.cfg.steps
+        if self.world.main:
+            self.log.log(step + 1, metrics)
+            if cfg.log.completions_every and (step + 1) % cfg.log.completions_every == 0:
+                self.log.completions(step + 1, completion_rows(batch))
+            if last or (cfg.eval.every and (step + 1) % cfg.eval.every == 0):
+                res = self.evaluate(step + 1)
+                if last:
+                    self.eval_end = self.extras["eval_end"] = res.accuracy
         if last or (cfg.log.checkpoint_every and (step + 1) % cfg.log.checkpoint_every == 0):
             state.extras = {**self.extras, **state.extras}
             critic = (self.critic.model, self.critic.optimizer) if self.critic else None
             p = self.policy
             save_checkpoint(self.dir / "checkpoints", p.model, p.optimizer, p.scheduler, state,
-                            keep=cfg.log.keep_checkpoints, critic=critic)
-        self._progress.update(self._task, advance=1, reward=metrics["reward/mean"], acc=metrics["reward/accuracy"])
+                            keep=cfg.log.keep_checkpoints, critic=critic, world=self.world)
+        if self.world.main:
+            self._progress.update(self._task, advance=1, reward=metrics["reward/mean"],
+                                  acc=metrics["reward/accuracy"])
 
     def summary(self) -> RunSummary:
         start = self.extras.get("eval_start")

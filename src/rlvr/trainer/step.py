@@ -25,10 +25,10 @@ import torch
 
 from rlvr import kl as kl_estimators
 from rlvr import losses
-from rlvr.logprobs import completion_logprobs
+from rlvr.seeding import derive_seed
 from rlvr.trainer.algorithm import Algorithm
 from rlvr.trainer.batch import Batch
-from rlvr.seeding import derive_seed
+from rlvr.trainer.dist import LogProbs, World, all_sum, all_true, merge_sums, micro_batches
 from rlvr.types import Rollout
 
 Tensor = torch.Tensor
@@ -58,25 +58,45 @@ class Schedule:
 
 
 @dataclass
+class Reference:
+    """The frozen initial model: ``module`` computes its log-probs (``dist.LogProbs``) under ``context`` — the
+    policy's own module with the LoRA adapters switched off, or a frozen copy's with a null context."""
+
+    model: torch.nn.Module
+    context: Callable[[], AbstractContextManager]
+    module: torch.nn.Module | None = None
+
+
+@dataclass
 class Policy:
     """The trained model and what its log-prob passes and update need besides the batch.
 
-    reference: the frozen initial model's context (adapters off under LoRA, or a frozen copy) and its model,
-    or None; log_ref_kl: log policy/kl even without a KL term (``log.ref_kl``)."""
+    module: the ``dist.LogProbs`` of ``model`` that forward passes go through (FSDP2 / DDP-wrapped across ranks;
+    ``LogProbs(model)`` when None); reference: the frozen initial model or None; log_ref_kl: log policy/kl even
+    without a KL term (``log.ref_kl``); world: the learner ranks."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any = None
-    reference: Any = None
+    reference: Reference | None = None
     autocast: Callable[[], AbstractContextManager] = nullcontext
     chunk_size: int = 1024
     share_prompts: bool = True
     log_ref_kl: bool = False
+    module: torch.nn.Module | None = None
+    world: World = field(default_factory=World)
+
+    def __post_init__(self) -> None:
+        if self.module is None:
+            self.module = LogProbs(self.model)
+        if self.reference is not None and self.reference.module is None:
+            self.reference.module = self.module if self.reference.model is self.model else \
+                LogProbs(self.reference.model)
 
 
 class TokenMeans:
     """Token-weighted means over an update: a [B, T] statistic counts each valid token, a [B] one each response
-    with a valid token (and a [B] one can be narrowed further by its own mask)."""
+    with a valid token (and a [B] one can be narrowed further by its own mask); ``means`` adds every rank's."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
@@ -87,9 +107,10 @@ class TokenMeans:
         self.sums[key] = self.sums.get(key, 0.0) + float(torch.where(m, value.detach().double(), 0.0).sum())
         self.counts[key] = self.counts.get(key, 0) + int(m.sum())
 
-    def means(self) -> dict[str, float]:
-        """Each statistic's mean; one that never had a valid token is not reported."""
-        return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k]}
+    def means(self, world: World | None = None) -> dict[str, float]:
+        """Each statistic's mean over every rank; one that never had a valid token is not reported."""
+        sums, counts = merge_sums(self.sums, self.counts, world or World())
+        return {k: sums[k] / counts[k] for k in sums if counts[k]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,14 +129,21 @@ def update_schedule(B: int, s: Schedule, step: int) -> Iterator[list[Tensor]]:
 
 
 def optimizer_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, finite: bool,
-                   max_grad_norm: float, scheduler: Any = None) -> float:
+                   max_grad_norm: float, scheduler: Any = None, world: World | None = None) -> float:
     """Clip the accumulated gradients and step, unless the loss or the norm is non-finite; zero the grads.
 
     Returns the gradient norm before clipping (NaN when the loss was non-finite); a non-finite return
-    means the step was skipped and weights and optimiser state are untouched.
+    means the step was skipped and weights and optimiser state are untouched. With sharded gradients (FSDP2)
+    the norm is that of the whole gradient: every rank's shards' squares, summed over ranks.
     """
     max_norm = max_grad_norm if max_grad_norm > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if finite else float("nan")
+    grad_norm = float("nan")
+    if finite and world is not None and world.parallel:
+        norm = global_grad_norm(params, world)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        grad_norm = float(norm)
+    elif finite:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     if math.isfinite(grad_norm):
         optimizer.step()
         if scheduler is not None:
@@ -124,30 +152,43 @@ def optimizer_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Opti
     return grad_norm
 
 
+def global_grad_norm(params: list[torch.nn.Parameter], world: World) -> Tensor:
+    """‖g‖₂ of the whole gradient across ranks: each element's square counted once (a DTensor's local shard, or a
+    replicated gradient on rank 0 only)."""
+    local = torch.zeros((), dtype=torch.float64)
+    for p in params:
+        if p.grad is None:
+            continue
+        g = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+        if hasattr(p.grad, "to_local") or world.main:
+            local += g.detach().double().pow(2).sum().cpu()
+    return all_sum(local.reshape(1), world)[0].sqrt()
+
+
 def optimize(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, scheduler: Any, B: int,
              schedule: Schedule, step: int, losses_of: Callable[[list[Tensor]], Iterator[Tensor]],
-             times: dict[str, float] | None = None) -> dict[str, float]:
+             times: dict[str, float] | None = None, world: World | None = None) -> dict[str, float]:
     """Every optimiser step of the schedule over B rows: back-propagate each micro-batch loss that
-    ``losses_of(micro)`` yields (already divided by the step's normaliser), then clip and step. A non-finite
-    loss ends the step's accumulation and skips it. Returns the means over steps of the summed loss
-    (``loss``) and the gradient norm (``grad_norm``), and ``skipped_steps``; adds backward and optimiser
+    ``losses_of(micro)`` yields for this rank (already divided by the step's global normaliser), then clip and
+    step. A non-finite loss on any rank skips the step on every rank (it is still back-propagated, so that all
+    ranks run the same collectives). Returns the means over steps of the loss summed over micro-batches and ranks
+    (``loss``) and of the gradient norm (``grad_norm``), and ``skipped_steps``; adds backward and optimiser
     seconds to ``times``."""
-    times = times if times is not None else {}
+    times, world = (times if times is not None else {}), world or World()
     step_losses, norms = [], []
     for micro in update_schedule(B, schedule, step):
         total = 0.0
         for loss in losses_of(micro):
-            if not torch.isfinite(loss):
-                total = float("nan")
-                break
             t = time.perf_counter()
-            loss.backward()
+            (loss * world.size if world.parallel else loss).backward()   # DDP/FSDP2 average: × size makes a sum
             times["backward"] = times.get("backward", 0.0) + time.perf_counter() - t
             total += float(loss.detach())
+        total = float(all_sum(torch.tensor([total], dtype=torch.float64), world))
         t = time.perf_counter()
-        norms.append(optimizer_step(params, optimizer, math.isfinite(total), schedule.max_grad_norm, scheduler))
+        finite = all_true(math.isfinite(total), world)
+        norms.append(optimizer_step(params, optimizer, finite, schedule.max_grad_norm, scheduler, world))
         times["optim"] = times.get("optim", 0.0) + time.perf_counter() - t
-        step_losses.append(total)
+        step_losses.append(total if finite else float("nan"))
     return {"loss": sum(step_losses) / len(step_losses), "grad_norm": sum(norms) / len(norms),
             "skipped_steps": float(sum(not math.isfinite(n) for n in norms))}
 
@@ -156,42 +197,45 @@ def optimize(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
 # Log-probs of a batch's rows
 # ----------------------------------------------------------------------------------------------
 
-def row_logprobs(policy: Policy, ro: Rollout, rows: Tensor, *, entropy: bool = False
-                 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """(log-probs [b, T], entropy [b, T] or None, loss_mask [b, T]) of the given rows, T their longest length."""
+def row_logprobs(policy: Policy, ro: Rollout, rows: Tensor, *, entropy: bool = False,
+                 module: torch.nn.Module | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(log-probs [b, T], entropy [b, T] or None, loss_mask [b, T]) of the given rows through ``module`` (default
+    the policy's), T their longest length."""
     lengths = ro.lengths[rows]
     T = max(int(lengths.max()), 1)
     device = next(policy.model.parameters()).device
     with policy.autocast():
-        lp, ent = completion_logprobs(policy.model, [ro.prompt_ids[i] for i in rows.tolist()],
-                                      ro.completion_ids[rows, :T].to(device), lengths.to(device),
-                                      chunk_size=policy.chunk_size, with_entropy=entropy,
-                                      share_prompts=policy.share_prompts)
+        lp, ent = (module or policy.module)([ro.prompt_ids[i] for i in rows.tolist()],
+                                            ro.completion_ids[rows, :T].to(device), lengths.to(device),
+                                            chunk_size=policy.chunk_size, with_entropy=entropy,
+                                            share_prompts=policy.share_prompts)
     return lp, ent, ro.loss_mask[rows, :T].to(device)
 
 
 @torch.no_grad()
-def frozen_logprobs(policy: Policy, ro: Rollout, micro_batch_size: int,
-                    context: Callable[[], AbstractContextManager] = nullcontext) -> list[Tensor]:
-    """Log-probs of every row without grad (under ``context``, e.g. the reference's), a list indexed by row."""
-    out: list[Tensor] = [None] * ro.lengths.shape[0]
+def frozen_logprobs(policy: Policy, ro: Rollout, micro_batch_size: int, reference: Reference | None = None
+                    ) -> Tensor:
+    """Log-probs [B, T] of every row without grad, of the policy or of ``reference`` (under its context); 0 past each
+    row's length. Across ranks each computes its share of the rows and the shares are summed."""
+    B, T = ro.completion_ids.shape
+    module, context = (reference.module, reference.context) if reference is not None else (policy.module,
+                                                                                           nullcontext)
+    out: Tensor | None = None
     with context():
-        for mb in torch.arange(ro.lengths.shape[0]).split(micro_batch_size):
-            lp, _, _ = row_logprobs(policy, ro, mb)
-            for j, i in enumerate(mb.tolist()):
-                out[i] = lp[j]
-    return out
+        for mb in micro_batches(torch.arange(B), micro_batch_size, policy.world):
+            lp, _, _ = row_logprobs(policy, ro, mb if mb is not None else torch.arange(1), module=module)
+            out = torch.zeros(B, T, dtype=lp.dtype, device=lp.device) if out is None else out
+            if mb is not None:
+                out[mb, :lp.shape[1]] = lp
+    return all_sum(out, policy.world)
 
 
-def gather_rows(per_row: list[Tensor] | None, rows: Tensor, T: int) -> Tensor | None:
-    """[len(rows), T] from per-row tensors (cut or zero-padded to T); None stays None."""
-    if per_row is None:
+def gather_rows(dense: Tensor | None, rows: Tensor, T: int) -> Tensor | None:
+    """[len(rows), T] of a [B, T'] tensor's rows (cut or zero-padded to T); None stays None."""
+    if dense is None:
         return None
-    x = torch.zeros(len(rows), T, dtype=per_row[0].dtype, device=per_row[0].device)
-    for j, i in enumerate(rows.tolist()):
-        w = min(T, per_row[i].shape[0])
-        x[j, :w] = per_row[i][:w]
-    return x
+    x = dense[rows.to(dense.device), :T]
+    return torch.nn.functional.pad(x, (0, T - x.shape[1])) if x.shape[1] < T else x
 
 
 def behavior_logprobs(ro: Rollout, algo: Algorithm) -> Tensor | None:
@@ -207,15 +251,17 @@ def behavior_logprobs(ro: Rollout, algo: Algorithm) -> Tensor | None:
     return ro.behavior_logprobs
 
 
-def step_group_tokens(batch: Batch, micro: list[Tensor]) -> list[Tensor]:
-    """Per micro-batch, each row's group token count over the whole optimiser step (``group_token_counts``);
-    the batch is prompt-major, G = B / P rows per prompt."""
+def step_group_tokens(batch: Batch, rows: Tensor) -> Tensor:
+    """Float64[len(rows)]: each of an optimiser step's rows' group token count over the whole step
+    (``group_token_counts``); the batch is prompt-major, G = B / P rows per prompt."""
+    return losses.group_token_counts(batch.rollout.loss_mask[rows], rows // group_size(batch))
+
+
+def group_size(batch: Batch) -> int:
     B, P = batch.rollout.lengths.shape[0], len(batch.problems)
     if P == 0 or B % P:
         raise ValueError(f"update_policy: {B} rows do not split into groups of the batch's {P} prompts")
-    rows = torch.cat(micro)
-    tokens = losses.group_token_counts(batch.rollout.loss_mask[rows], rows // (B // P))
-    return list(tokens.split([len(mb) for mb in micro]))
+    return B // P
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,10 +270,12 @@ def step_group_tokens(batch: Batch, micro: list[Tensor]) -> list[Tensor]:
 
 @dataclass
 class _Frozen:
-    """What the update reads besides the current policy: π_old, π_ref and π_b, per row, or None."""
+    """What the update reads besides the current policy: π_old, π_ref ([B, T] or None), π_b, the schedule; and
+    what it accumulates (statistics, seconds)."""
 
-    old: list[Tensor] | None = None
-    ref: list[Tensor] | None = None
+    schedule: Schedule
+    old: Tensor | None = None
+    ref: Tensor | None = None
     behavior: Tensor | None = None
     meter: TokenMeans = field(default_factory=TokenMeans)
     times: dict[str, float] = field(default_factory=dict)
@@ -239,15 +287,15 @@ def update_policy(policy: Policy, batch: Batch, algo: Algorithm, schedule: Sched
     ro, t0 = batch.rollout, time.perf_counter()
     mbs = schedule.micro_batch_size
     wants_ref = policy.reference is not None and (algo.kl_coef > 0 or policy.log_ref_kl)
-    f = _Frozen(old=frozen_logprobs(policy, ro, mbs) if algo.needs_frozen_old(schedule.updates) else None,
-                ref=frozen_logprobs(policy, ro, mbs, policy.reference.context) if wants_ref else None,
+    f = _Frozen(schedule, old=frozen_logprobs(policy, ro, mbs) if algo.needs_frozen_old(schedule.updates) else None,
+                ref=frozen_logprobs(policy, ro, mbs, policy.reference) if wants_ref else None,
                 behavior=behavior_logprobs(ro, algo))
     f.times["frozen"] = time.perf_counter() - t0 if f.old is not None or f.ref is not None else 0.0
     policy.model.train()
-    params = [p for p in policy.model.parameters() if p.requires_grad]
+    params = [p for group in policy.optimizer.param_groups for p in group["params"]]   # FSDP2: the sharded ones
     out = optimize(params, policy.optimizer, policy.scheduler, ro.lengths.shape[0], schedule, step,
-                   partial(_micro_losses, policy, batch, algo, f), f.times)
-    metrics = f.meter.means()
+                   partial(_micro_losses, policy, batch, algo, f), f.times, policy.world)
+    metrics = f.meter.means(policy.world)
     if metrics.get("policy/nll_pos", 0) > 0 and "policy/nll_neg" in metrics:
         metrics["policy/nll_neg_over_pos"] = metrics["policy/nll_neg"] / metrics["policy/nll_pos"]
     metrics.update({"loss/policy": out["loss"], "train/grad_norm": out["grad_norm"],
@@ -258,18 +306,21 @@ def update_policy(policy: Policy, batch: Batch, algo: Algorithm, schedule: Sched
 
 def _micro_losses(policy: Policy, batch: Batch, algo: Algorithm, f: _Frozen, micro: list[Tensor]
                   ) -> Iterator[Tensor]:
-    """The loss of each micro-batch of one optimiser step, divided by the step's normaliser; NaN for a
-    micro-batch whose log-probs are not finite (the step is then skipped)."""
-    ro = batch.rollout
-    group_tokens = step_group_tokens(batch, micro)
-    norm = losses.loss_normalizer([ro.loss_mask[mb] for mb in micro], algo.aggregation, max_tokens=algo.max_tokens,
-                                  group_tokens=group_tokens)
-    for mb, mb_group_tokens in zip(micro, group_tokens):
+    """This rank's micro-batch losses of one optimiser step (``micro``: the step's micro-batches over all ranks),
+    each divided by the step's global normaliser; an empty micro-batch (padding) yields a row's loss × 0, and
+    one whose log-probs are not finite yields NaN (the step is then skipped on every rank)."""
+    ro, rows = batch.rollout, torch.cat(micro)
+    tokens = step_group_tokens(batch, rows)
+    norm = losses.loss_normalizer(ro.loss_mask[rows], algo.aggregation, max_tokens=algo.max_tokens,
+                                  group_tokens=tokens)
+    tokens_of = dict(zip(rows.tolist(), tokens.tolist()))
+    for mb in micro_batches(rows, f.schedule.micro_batch_size, policy.world, group_size(batch)):
         t = time.perf_counter()
+        padding, mb = mb is None, rows[:1] if mb is None else mb
         lp, ent, mask = row_logprobs(policy, ro, mb, entropy=True)
         if not torch.isfinite(lp.detach()[mask]).all():
-            yield torch.tensor(float("nan"))
-            return
+            yield lp.sum() * float("nan")
+            continue
         T = mask.shape[1]
         behavior = f.behavior[mb, :T].to(lp.device, lp.dtype) if f.behavior is not None else None
         x = algo.loss_inputs(lp, batch.advantages[mb, :T].to(lp.device), mask, old=gather_rows(f.old, mb, T),
@@ -278,11 +329,12 @@ def _micro_losses(policy: Policy, batch: Batch, algo: Algorithm, f: _Frozen, mic
         kl_tok = algo.kl(lp, x.ref_logprobs, loss_mask=mask) if x.ref_logprobs is not None else None
         if kl_tok is not None and algo.kl_coef > 0:
             per_token = per_token + algo.kl_coef * kl_tok
-        loss = losses.aggregate(per_token, mask, algo.aggregation, norm, group_tokens=mb_group_tokens)
+        loss = losses.aggregate(per_token, mask, algo.aggregation, norm,
+                                group_tokens=torch.tensor([tokens_of[r] for r in mb.tolist()], dtype=torch.float64))
         f.times["forward"] = f.times.get("forward", 0.0) + time.perf_counter() - t
-        if torch.isfinite(loss):
+        if torch.isfinite(loss) and not padding:
             _record(f.meter, x, ent, stats, kl_tok, behavior)
-        yield loss
+        yield loss * 0.0 if padding else loss
 
 
 def _record(meter: TokenMeans, x: losses.PolicyLossInputs, entropy: Tensor, stats: dict[str, Tensor],

@@ -2,7 +2,8 @@
 
 One training step, top to bottom:
 
-1. **Collect** (``collect``): take P prompts from the seeded stream, sample G completions of each with the
+1. **Collect** (``collect``; with several learner ranks rank 0 samples and scores, every rank assembles the
+   batch): take P prompts from the seeded stream, sample G completions of each with the
    current weights, score every completion with the task's verifier (plus any shaping), and, when the
    algorithm asks for them, sample and score G completions of the frozen reference model too (AAPO). With
    dynamic sampling (DAPO) groups whose rewards are all equal are replaced by fresh prompts. The algorithm
@@ -14,9 +15,11 @@ One training step, top to bottom:
    schedule, an atomic checkpoint on schedule.
 
 What was simplified, and why:
-1. One process, one device: generation and training share the policy's weights, so there is no weight sync
-   and no staleness (the policy version is still carried and logged). The asynchronous loop (``async_.py``)
-   reuses ``collect`` and ``update`` and differs only in where samples come from.
+1. Generation and training alternate: there is no staleness (the policy version is still carried and logged).
+   In one process they share the policy's weights; with several learner ranks (``dist.world_size``) rank 0
+   samples with its own copy, which takes the gathered weights after every update (``Run.publish``). The
+   asynchronous loop (``async_.py``) reuses ``sample``, ``make_batch`` and ``update`` and differs only in where
+   samples come from.
 2. Everything an algorithm needs is asked of the run's ``Algorithm`` (resolved once from the config); this
    file never mentions an algorithm by name.
 """
@@ -32,11 +35,12 @@ from rlvr.seeding import derive_seed
 from rlvr.trainer import critic as critic_lib
 from rlvr.trainer.batch import Batch, Group, assemble
 from rlvr.trainer.checkpoint import TrainState
+from rlvr.trainer.dist import broadcast_object
 from rlvr.trainer.run import Run, RunSummary, step_metrics
 from rlvr.trainer.step import update_policy
 from rlvr.types import Problem
 
-__all__ = ["RunSummary", "collect", "train", "update"]
+__all__ = ["RunSummary", "collect", "make_batch", "sample", "train", "update"]
 
 
 def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False,
@@ -54,7 +58,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
             # ---- 3. log, evaluate, checkpoint -----------------------------------------------------
             metrics = step_metrics(batch, metrics, run.version, (t0, t1, time.perf_counter()),
                                    cfg.algo.num_iterations)
-            run.end_step(step, batch, metrics, TrainState(step + 1, run.stream.position, run.version))
+            run.end_step(step, batch, metrics, TrainState(step + 1, run.data_position, run.version))
     return run.summary()
 
 
@@ -63,10 +67,17 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
 # ----------------------------------------------------------------------------------------------
 
 def collect(run: Run, sampler: Any, step: int) -> Batch:
-    """Step ``step``'s batch: P prompts × G scored samples from ``sampler`` (the learner's own, or the async
-    loop's rollout workers) with advantages. With ``rollout.dynamic_sampling``, groups whose rewards are all
-    equal are dropped and their places refilled from the stream, for up to ``max_refill_rounds`` more rounds
-    (the last round keeps whatever it gets)."""
+    """Step ``step``'s batch: P prompts × G scored samples from ``sampler`` with advantages. With several learner
+    ranks rank 0 samples and scores, and every rank assembles the batch (a critic's values take them all)."""
+    sampled = sample(run, sampler, step) if run.world.main else None
+    return make_batch(run, *broadcast_object(sampled, run.world))
+
+
+def sample(run: Run, sampler: Any, step: int) -> tuple[list[Group], dict[str, float]]:
+    """(groups, counts and times) of P prompts × G scored samples from ``sampler`` (the learner's own, or the async
+    loop's rollout workers). With ``rollout.dynamic_sampling``, groups whose rewards are all equal are dropped and
+    their places refilled from the stream, for up to ``max_refill_rounds`` more rounds (the last round keeps
+    whatever it gets)."""
     r = run.cfg.rollout
     rounds = 1 + (r.max_refill_rounds if r.dynamic_sampling else 0)
     kept: list[Group] = []
@@ -79,7 +90,7 @@ def collect(run: Run, sampler: Any, step: int) -> Batch:
         keep_all = not r.dynamic_sampling or rnd == rounds - 1
         kept += [g for g in groups if keep_all or g.informative]
         tally["rollout/groups_dropped"] += sum(not (keep_all or g.informative) for g in groups)
-    return make_batch(run, kept[:r.prompts_per_step], tally)
+    return kept[:r.prompts_per_step], tally
 
 
 def sample_groups(run: Run, sampler: Any, problems: list[Problem], step: int, rnd: int,
