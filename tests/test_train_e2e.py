@@ -180,3 +180,14 @@ def test_an_estimator_that_cannot_run_at_this_group_size_is_refused_before_the_m
     with pytest.raises(ValueError, match=message):
         train(cfg, run_dir=tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_the_kl_term_of_a_full_fine_tune_is_taken_to_the_frozen_reference(tmp_path):
+    """Without LoRA the reference is a frozen copy of the initial weights: the KL is 0 at the first step (the policy
+    is the reference) and positive once the policy has moved. (It used to be taken to the policy itself: 0 always.)"""
+    from rlvr.trainer import train
+
+    cfg = load_config(None, [*TINY, "steps=3", "eval.at_start=false", "model.lora=false", "algo.kl_coef=0.1"])
+    train(cfg, run_dir=tmp_path / "r")
+    kl = [r["policy/kl"] for r in read_metrics(tmp_path / "r") if "loss/policy" in r]
+    assert kl[0] == 0.0 and kl[1] > 1e-6 and kl[2] > 1e-6, kl

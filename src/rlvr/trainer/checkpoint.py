@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,7 +278,9 @@ def _load_sharded(d: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     state = _dcp_state(model, optimizer, critic)
-    dcp.load(state, checkpoint_id=str(d / "dcp"))
+    with warnings.catch_warnings():   # one process reading a sharded checkpoint: DCP says so, as intended
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(d / "dcp"))
     opts = StateDictOptions(ignore_frozen_params=True)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=opts)
     if critic is not None:
