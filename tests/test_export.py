@@ -191,3 +191,39 @@ def test_a_checkpoint_of_another_model_setup_is_refused_naming_its_file(runs, tm
                                          r"trainable state does not match the model: missing keys \[.*lora_A"):
         export.export_run(run, tmp_path / "o", checkpoint=ckpt)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.slow
+def test_smollm2_lora_run_exports_with_its_chat_tokenizer(tmp_path):
+    """The real model: SmolLM2 + LoRA adapters (random B, a stand-in for a trained checkpoint) exported and loaded
+    with AutoModelForCausalLM and AutoTokenizer (a llama folder: its chat template survives)."""
+    from safetensors.torch import save_file
+
+    from rlvr.config import to_dict
+    from rlvr.models import encode_prompt, trainable_state_dict
+
+    run, ckpt = tmp_path / "run", tmp_path / "run/checkpoints/step_000001"
+    ckpt.mkdir(parents=True)
+    cfg = load_config(None, ["model.name=smollm2-135m-instruct", "model.lora=true"])
+    (run / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    model, tok = build.load_policy(cfg, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    save_file(trainable_state_dict(model), str(ckpt / "model.safetensors"))
+    (ckpt / "state.json").write_text(json.dumps({"step": 1}))
+    out = export.export_run(run, tmp_path / "out")
+    ids = torch.tensor([encode_prompt(tok, "What is 7 + 38?")])
+    with torch.no_grad():
+        trained = model.eval()(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+        exported = _loaded(out)(input_ids=ids).logits
+    torch.testing.assert_close(exported, trained, rtol=1e-4, atol=1e-3)   # 30 layers of fp32 rounding, logits ~40
+    assert (trained - base).abs().max() > 0.5
+    loaded_tok = AutoTokenizer.from_pretrained(out)
+    assert encode_prompt(loaded_tok, "What is 7 + 38?") == ids[0].tolist()
+    assert loaded_tok.eos_token == tok.eos_token == "<|im_end|>"
+    assert not (out / "adapter_config.json").exists()
