@@ -9,7 +9,7 @@ import pytest
 from rlvr import advantages, losses
 from rlvr.cli import DEMO_ESTIMATORS, build_parser, main
 
-COMMANDS = ("list", "demo", "train", "plot", "eval", "compare", "sweep")
+COMMANDS = ("list", "demo", "train", "plot", "eval", "compare", "sweep", "export")
 SCREEN = 40        # lines of an 80-column terminal screen
 
 

@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_train(sub)
     _add_plot(sub)
-    from rlvr import compare, sweep
+    from rlvr import compare, export, sweep
     from rlvr.eval import command as eval_command
 
     _module_command(sub, "eval", eval_command, "evaluate a model, run or checkpoint: pass@k, maj@k, mean@n with "
@@ -258,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "with 95%% t-intervals, overlaid curves")
     _module_command(sub, "sweep", sweep, "run a study from a sweep file (variants × grid × seeds of rlvr train), "
                                          "resumably, then the rlvr compare report")
+    _module_command(sub, "export", export, "write a run's trained model (LoRA merged) as a Hugging Face folder for "
+                                           "transformers and vLLM")
     return parser
 
 
