@@ -87,6 +87,10 @@ def test_checkpoints_move_between_world_sizes(tmp_path, strategy):
         assert float((ranks[f"continued.{k}"] - v).abs().max()) <= 1e-12, k             # 2 ranks, uninterrupted
         assert float((ranks[f"continued_from_1.{k}"] - v).abs().max()) <= 1e-12, k      # 1 -> 2
         assert torch.equal(ranks[f"loaded_from_1.{k}"], after_one[k].detach()), k
+    from rlvr.trainer.checkpoint import checkpoint_weights
+    whole = checkpoint_weights(latest_checkpoint(tmp_path / "ckpt2"))                  # read without a model
+    assert whole.keys() == after_one.keys()
+    assert all(float((whole[k] - v).abs().max()) <= 1e-12 for k, v in after_one.items())
     moved = H.make_policy(one, adam=True, strategy_wrap=False)                          # 2 -> 1
     state = load_checkpoint(latest_checkpoint(tmp_path / "ckpt2"), moved.model, moved.optimizer, moved.scheduler)
     assert state.step == 1

@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlvr.metrics import read_metrics
+from rlvr.trainer.checkpoint import checkpoint_weights
 
 pytestmark = pytest.mark.e2e
 
@@ -61,6 +63,10 @@ def test_two_ranks_reproduce_one_process_step_for_step(tmp_path, config, extra):
         assert all("critic/value_loss" in r for r in _steps(tmp_path / "two"))
     ckpt = tmp_path / "two" / "checkpoints" / "step_000003"
     assert json.loads((ckpt / "state.json").read_text())["weights"] == "dcp" and (ckpt / "dcp" / ".metadata").is_file()
+    one, two = (checkpoint_weights(tmp_path / run / "checkpoints" / "step_000003") for run in ("one", "two"))
+    assert one.keys() == two.keys() and one                            # the sharded checkpoint read whole, by name
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
 def _cut_at(src: Path, dst: Path, step: int) -> None:
@@ -88,3 +94,17 @@ def test_the_async_trainer_on_two_ranks_at_staleness_zero_is_the_sync_trainer(tm
     _train(tmp_path / "async", GRPO, *ARITH, "trainer=async", "rollout.max_staleness=0", "dist.world_size=2")
     _assert_same_steps(_steps(tmp_path / "sync"), _steps(tmp_path / "async"))
     assert all(r["async/staleness"] == 0 for r in _steps(tmp_path / "async"))
+
+
+def test_export_and_eval_read_a_sharded_checkpoint(tmp_path):
+    _train(tmp_path / "two", GRPO, *ARITH, "steps=1", "dist.world_size=2")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-m", "rlvr", "export", str(tmp_path / "two"), str(tmp_path / "hf")], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    from transformers import AutoModelForCausalLM
+
+    exported = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "hf").named_parameters())
+    trained = checkpoint_weights(tmp_path / "two" / "checkpoints" / "step_000001")
+    for k, v in trained.items():                                        # a full fine-tune: every weight, same names
+        assert torch.equal(exported[k].detach(), v), k

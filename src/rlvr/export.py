@@ -48,15 +48,12 @@ def checkpoint_weights(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
 
     Keys are the trainer's ``trainable_state_dict`` names (LoRA adapters only under ``model.lora``; all weights
     otherwise), so ``rlvr.models.load_trainable_state_dict`` puts them into a model built as the trainer built
-    it. This is the one place that knows how a checkpoint stores its weights: ``model.safetensors`` (read with
-    safetensors). A missing file raises FileNotFoundError naming it.
+    it. Either checkpoint layout (one process's ``model.safetensors``, or several ranks' DCP shards):
+    ``rlvr.trainer.checkpoint.checkpoint_weights``. A missing file raises FileNotFoundError naming it.
     """
-    from safetensors.torch import load_file
+    from rlvr.trainer.checkpoint import checkpoint_weights as read
 
-    path = Path(ckpt_dir) / "model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt_dir} has no weights: {path} is missing")
-    return load_file(str(path))
+    return read(ckpt_dir)
 
 
 def load_checkpoint_weights(ckpt_dir: str | Path, model: torch.nn.Module) -> None:

@@ -43,7 +43,7 @@ def resolve_target(target: str) -> Target:
     path = Path(target).expanduser()
     if (path / "config.yaml").is_file():
         return Target(str(path), load_config(path / "config.yaml"), latest_checkpoint(path / "checkpoints"))
-    if (path / "state.json").is_file() and (path / "model.safetensors").is_file():
+    if (path / "state.json").is_file() and ((path / "model.safetensors").is_file() or (path / "dcp").is_dir()):
         run = path.parent.parent
         if not (run / "config.yaml").is_file():
             raise FileNotFoundError(f"checkpoint {path} is not inside a run directory: {run / 'config.yaml'} "
@@ -55,15 +55,14 @@ def resolve_target(target: str) -> Target:
 
 
 def load_target(t: Target, device: str) -> tuple[Any, Any]:
-    """(model, tokenizer) with the checkpoint's trainable weights loaded (read with safetensors)."""
-    from safetensors.torch import load_file
-
+    """(model, tokenizer) with the checkpoint's trainable weights loaded (either layout: ``checkpoint_weights``)."""
     from rlvr.models import load_trainable_state_dict
     from rlvr.trainer import build
+    from rlvr.trainer.checkpoint import checkpoint_weights
 
     model, tokenizer = build.load_policy(t.cfg, build.resolve_device(device))
     if t.checkpoint is not None:
-        state = load_file(str(t.checkpoint / "model.safetensors"))
+        state = checkpoint_weights(t.checkpoint)
         try:
             load_trainable_state_dict(model, state)
         except ValueError as e:

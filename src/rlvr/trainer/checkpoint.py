@@ -179,7 +179,9 @@ def _save_sharded(root: Path, model: torch.nn.Module, optimizer: torch.optim.Opt
     save_file(_rng_state(), str(tmp / f"rng_rank{world.rank}.safetensors"))
     tdist.barrier()
     if world.main:
-        meta = {**_meta(state, scheduler), "weights": "dcp", "world_size": world.size, "critic": critic is not None}
+        names = [n for n, p in model.named_parameters() if p.requires_grad]   # trainable_state_dict's keys
+        meta = {**_meta(state, scheduler), "weights": "dcp", "world_size": world.size, "critic": critic is not None,
+                "trainable": names}
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
         _publish(root, tmp, final, keep)
     tdist.barrier()
@@ -286,6 +288,30 @@ def _load_sharded(d: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     if critic is not None:
         set_state_dict(critic[0], critic[1], model_state_dict=state["critic"], optim_state_dict=state["critic_optim"],
                        options=opts)
+
+
+def checkpoint_weights(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The trainable weights of a checkpoint of either layout as one full CPU state dict, keyed by the trainer's
+    ``trainable_state_dict`` names (LoRA adapters only under LoRA): ``model.safetensors``, or the ``model`` part
+    of a sharded (DCP) checkpoint, read without building a model. A missing file raises FileNotFoundError naming
+    it."""
+    d = Path(ckpt_dir)
+    if (d / "model.safetensors").is_file():
+        return load_file(str(d / "model.safetensors"))
+    if not (d / "dcp" / ".metadata").is_file():
+        raise FileNotFoundError(f"checkpoint {d} has no weights: neither model.safetensors nor dcp/.metadata")
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = dcp.FileSystemReader(str(d / "dcp"))
+    entries = reader.read_metadata().state_dict_metadata
+    state = {key[len("model."):]: torch.empty(m.size, dtype=m.properties.dtype) for key, m in entries.items()
+             if key.startswith("model.") and isinstance(m, TensorStorageMetadata)}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({"model": state}, storage_reader=reader)
+    names = _read_meta(d)["trainable"]                    # a tied weight is in the state dict twice: keep one
+    return {n: state[n] for n in names}
 
 
 def _set_rng(rng: dict[str, torch.Tensor]) -> None:
