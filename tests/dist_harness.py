@@ -1,7 +1,7 @@
 """Runs functions as N learner ranks on this machine (gloo, CPU), for tests/test_dist.py.
 
-``run_ranks(fn, world, *args)`` spawns ``world`` processes, each with RANK / WORLD_SIZE / MASTER_ADDR set as
-torchrun would, and calls ``fn(*args)`` in each; a rank that raises fails the call. The checks leave the process
+``run_ranks(fn, world, *args)`` spawns ``world`` processes, each with RANK / WORLD_SIZE set as torchrun would and
+already in a gloo process group (a file rendezvous), and calls ``fn(*args)`` in each; a rank that raises fails the call. The checks leave the process
 group to the process's exit (destroying it while a DDP module is still alive can hang in DDP's destructor). The checks themselves live
 here too (they must be importable by the spawned processes): each compares a data-parallel update with the
 one-process update on the same fp64 tiny Qwen2 and writes what it measured to ``out/<name>.json`` on rank 0.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import torch
@@ -28,24 +27,25 @@ from rlvr.types import Problem, Rollout
 F64 = torch.float64
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, world: int, port: int, module: str, name: str, args: tuple) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+def _entry(rank: int, world: int, store: str, module: str, name: str, args: tuple) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     import importlib
 
+    import torch.distributed as tdist
+
+    # A file rendezvous: no port to race for with whatever else the test run has listening.
+    tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     getattr(importlib.import_module(module), name)(*args)
 
 
 def run_ranks(fn, world: int, *args) -> None:
-    """``fn(*args)`` on ``world`` spawned ranks (a process group each can join with ``dist.init``)."""
-    mp.spawn(_entry, args=(world, _free_port(), fn.__module__, fn.__name__, args), nprocs=world, join=True)
+    """``fn(*args)`` on ``world`` spawned ranks, each already in a gloo process group (``dist.init`` joins it)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_entry, args=(world, os.path.join(tmp, "store"), fn.__module__, fn.__name__, args), nprocs=world,
+                 join=True)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -166,7 +166,8 @@ def test_errors_name_the_file_before_the_model_loads(runs, tmp_path, monkeypatch
         export.export_run(empty, tmp_path / "o")
     with pytest.raises(FileNotFoundError, match="checkpoint directory .*nope does not exist"):
         export.export_run(runs[True], tmp_path / "o", checkpoint=tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match=f"{empty / 'model.safetensors'} is missing"):
+    with pytest.raises(FileNotFoundError, match=f"checkpoint {empty} has no weights: neither model.safetensors nor "
+                                                 "dcp/.metadata"):
         export.export_run(runs[True], tmp_path / "o", checkpoint=empty)
     (empty / "config.yaml").write_text("model:\n  nmae: tiny-random\n")
     with pytest.raises(ValueError, match=r"config.yaml: .*model.nmae"):
