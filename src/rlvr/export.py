@@ -115,17 +115,12 @@ def check_out(out: Path, source: ExportSource, force: bool) -> None:
 def build_policy(cfg: Any) -> tuple[Any, Any]:
     """(model, tokenizer): the run's base model in float32 on the CPU, LoRA-wrapped when the run used LoRA, with
     the same trainable parameters (and names) as the trainer's policy."""
-    from rlvr.models import apply_lora, load_model
+    from dataclasses import replace
 
-    m = cfg.model
-    model, tokenizer = load_model(m.name, dtype=torch.float32, device="cpu", cache_dir=m.cache_dir)
-    if m.lora:
-        model = apply_lora(model, rank=m.lora_rank, alpha=m.lora_alpha, dropout=m.lora_dropout,
-                           target_modules=m.lora_target_modules)
-    else:
-        for p in model.parameters():
-            p.requires_grad_(True)
-    return model, tokenizer
+    from rlvr.trainer.build import load_policy
+
+    m = replace(cfg.model, dtype="float32", device="cpu", gradient_checkpointing=False)
+    return load_policy(replace(cfg, model=m), torch.device("cpu"))
 
 
 def merged_model(model: Any) -> Any:
