@@ -108,3 +108,37 @@ def test_export_and_eval_read_a_sharded_checkpoint(tmp_path):
     trained = checkpoint_weights(tmp_path / "two" / "checkpoints" / "step_000001")
     for k, v in trained.items():                                        # a full fine-tune: every weight, same names
         assert torch.equal(exported[k].detach(), v), k
+
+
+FULL_WEIGHTS_ENGINE = '''
+from rlvr.rollout import engines
+
+
+@engines.register("merged_hf", full_weights=True, async_only=True)
+def merged_hf(cfg, policy):
+    """Takes the learner's LoRA-merged whole model, as vLLM does: an HFSampler on the plain base model."""
+    from rlvr.models import load_model
+    from rlvr.rollout import HFSampler
+
+    model, tokenizer = load_model(cfg.model.name)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return HFSampler(model, tokenizer, max_batch_size=cfg.rollout.max_batch_size)
+'''
+
+
+def test_an_engine_that_takes_merged_weights_gets_them_from_sharded_ranks(tmp_path):
+    """vLLM's case (its engine holds the whole LoRA-merged model): two FSDP2 ranks publish the same merged weights
+    as one process, so the async runs match step for step."""
+    (tmp_path / "merged_engine_mod.py").write_text(FULL_WEIGHTS_ENGINE)
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    try:
+        over = [GRPO, *ARITH, "model.lora=true", "trainer=async", "rollout.max_staleness=0",
+                "rollout.engine=merged_engine_mod:merged_hf", "eval.at_start=false"]
+        _train(tmp_path / "one", *over)
+        _train(tmp_path / "two", *over, "dist.world_size=2")
+    finally:
+        os.environ["PYTHONPATH"] = os.environ["PYTHONPATH"].split(os.pathsep, 1)[1]
+    one, two = _steps(tmp_path / "one"), _steps(tmp_path / "two")
+    _assert_same_steps(one, two)
+    assert len({r["reward/mean"] for r in one}) > 1 and any(r["train/grad_norm"] > 0 for r in one)  # it learns

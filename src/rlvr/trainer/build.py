@@ -114,14 +114,17 @@ def sampling_params(cfg: TrainConfig, algo: Algorithm) -> SamplingParams:
                           logprobs=algo.sampler_logprobs)
 
 
-def worker_weights(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def worker_weights(cfg: TrainConfig, model: torch.nn.Module,
+                   trainable: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """What the learner publishes to its rollout workers: the trainable parameters (HF samplers are built like
-    the learner, so the names match), or the whole LoRA-merged model for an engine that holds ``full_weights``
-    (vLLM)."""
+    the learner, so the names match; ``trainable`` when already gathered), or the whole LoRA-merged model for an
+    engine that holds ``full_weights`` (vLLM)."""
     from rlvr.models import merged_state_dict, trainable_state_dict
     from rlvr.rollout.engines import engine
 
-    return merged_state_dict(model) if engine(cfg.rollout.engine).full_weights else trainable_state_dict(model)
+    if engine(cfg.rollout.engine).full_weights:
+        return merged_state_dict(model)
+    return trainable if trainable is not None else trainable_state_dict(model)
 
 
 @dataclass(frozen=True)

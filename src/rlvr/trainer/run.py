@@ -118,16 +118,13 @@ class Run:
         self.critic = build.build_critic(cfg, self.device, algo, world)
 
     def _open_driver(self) -> None:
-        """Rank 0's part: the prompt stream, the samplers, sampling and reward settings."""
+        """Rank 0's part: the prompt stream, the samplers, sampling and reward settings. With several ranks rank 0
+        samples (and evaluates) with its own whole copy of the policy, which ``publish`` keeps current."""
         from rlvr.rollout import HFSampler
-        from rlvr.rollout.engines import engine
 
         cfg, algo = self.cfg, self.algo
-        if self.world.parallel and self.world.strategy == "fsdp2" and engine(cfg.rollout.engine).full_weights:
-            raise ValueError(f"rollout.engine={cfg.rollout.engine} takes the whole merged model, which the sharded "
-                             "learner does not gather yet: use dist.strategy=ddp with it")
-        self.sampler = build.SamplerFactory(cfg)() if self.world.parallel else \
-            HFSampler(self.policy.model, self.tokenizer, max_batch_size=cfg.rollout.max_batch_size)
+        model = self.policy.model if not self.world.parallel else build.load_policy(cfg, self.device)[0]
+        self.sampler = HFSampler(model, self.tokenizer, max_batch_size=cfg.rollout.max_batch_size)
         self.encode = build.make_encoder(self.tokenizer, cfg.model.system_prompt)
         self.stream = PromptStream(self.train_problems, cfg.seed, position=self.state.data_position)
         own_copy = cfg.trainer == "async" or self.world.parallel        # sampling must not share the learner's weights
@@ -156,14 +153,12 @@ class Run:
         return self.stream.position if self.stream is not None else 0
 
     def worker_weights(self) -> dict[str, torch.Tensor]:
-        """What rank 0 publishes to rollout workers (``build.worker_weights``); with several ranks, the weights the
-        last ``publish`` gathered, or the LoRA-merged model for an engine that holds full weights (DDP only: every
-        rank then holds them whole)."""
-        from rlvr.rollout.engines import engine
-
-        if not self.world.parallel or engine(self.cfg.rollout.engine).full_weights:
+        """What rank 0 publishes to rollout workers (``build.worker_weights``). With several ranks the learner's
+        weights are sharded: the trainable weights the last ``publish`` gathered, or, for an engine that holds full
+        weights (vLLM), the LoRA-merged model of rank 0's own copy, which holds those gathered weights."""
+        if not self.world.parallel:
             return build.worker_weights(self.cfg, self.policy.model)
-        return self.weights
+        return build.worker_weights(self.cfg, self.sampler.model, trainable=self.weights)
 
     def _start(self) -> None:
         """On rank 0: open the logs and the reward pool; log the data sizes and evaluate at the start (new runs);
