@@ -161,7 +161,7 @@ def suite_markdown(rep: dict[str, Any]) -> str:
              f"n={rep['n']} samples per problem (T={s['temperature']}, top_p={s['top_p']}, "
              f"max_new_tokens={s['max_new_tokens']}), seed {rep['seed']}; percent, with 95% percentile bootstrap CIs "
              f"over problems ({rep['bootstrap']} resamples); Avg is the unweighted mean over the benchmarks. "
-             f"Settings from {rep['source']}.", "",
+             f"The suite's default settings follow {rep['source']}.", "",
              "| metric | " + " | ".join(head) + " | Avg |", "|---|" + "---:|" * (len(head) + 1)]
     for label, row in rep["metrics"].items():
         cells = [_pct(row["benchmarks"][spec]) if spec in row["benchmarks"] else "—" for spec in bench]
