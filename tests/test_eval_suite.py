@@ -149,3 +149,22 @@ def test_smollm2_on_gsm8k_end_to_end(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "out" / "gsm8k" / "eval.json").read_text())
     assert report["metrics"]["pass@1"]["mean"] == sum(r["correct"] for r in recs) / 2
     assert all(len(r["samples"][0]["completion"]) > 0 for r in recs)
+
+
+def test_a_runs_own_template_is_the_default_for_every_dataset():
+    from rlvr.config import load_config
+    from rlvr.data import templates
+    from rlvr.eval.command import Target, dataset_problems, dataset_system
+
+    parser = build_parser()
+    run = Target("run", load_config(None, ["data.template='Q: {prompt}'"]), None)
+    args = parser.parse_args(["eval", "run", "--data", "arith", "--size", "2"])
+    assert [p.prompt for p in dataset_problems("arith", run, args)] == \
+        ["Q: " + p.prompt for p in build_problems("arith", size=2, seed=0)]
+    flagged = parser.parse_args(["eval", "run", "--data", "arith", "--size", "2", "--template", "plain"])
+    assert [p.prompt for p in dataset_problems("arith", run, flagged)] == \
+        [p.prompt for p in build_problems("arith", size=2, seed=0)]                  # the flag wins
+    qwen = Target("run", load_config(None, ["data.template=qwen_math"]), None)
+    assert dataset_system("math500", qwen, args) == templates.STEP_BY_STEP
+    bare = Target("m", TrainConfig(), None)
+    assert dataset_system("math500", bare, args) is None                            # math500's default: boxed

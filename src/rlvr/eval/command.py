@@ -97,7 +97,7 @@ def dataset_problems(spec: str, t: Target, args: argparse.Namespace) -> list[Pro
     fields = {"prompt_field": args.prompt_field, "answer_field": args.answer_field,
               "answer_extract": args.answer_extract} if entry.row_fields else {}
     problems = build_problems(spec, size=(args.size or 100) if entry.generated else None, seed=args.data_seed,
-                              template=args.template, verifier=args.verifier, **fields,
+                              template=_template(args, t), verifier=args.verifier, **fields,
                               **({"task_kwargs": kwargs} if kwargs and entry.takes_task_kwargs else {}))
     build.check_verifiers(problems, f"--data {spec}")
     return problems if entry.generated or args.size is None else problems[:args.size]
@@ -105,13 +105,18 @@ def dataset_problems(spec: str, t: Target, args: argparse.Namespace) -> list[Pro
 
 def dataset_system(spec: str, t: Target, args: argparse.Namespace) -> str | None:
     """The system message of one dataset's prompts: the run's model.system_prompt, else the template's (the run's
-    own for ``heldout``; ``--template`` or the source's default for the others)."""
+    own for ``heldout``; ``--template``, the run's data.template or the source's default for the others)."""
     from rlvr.data import sources, templates
     from rlvr.trainer import build
 
     if spec == "heldout" or t.cfg.model.system_prompt is not None:
         return build.system_prompt(t.cfg)
-    return templates.template(args.template, sources.source(spec)[0].default_template).system
+    return templates.template(_template(args, t), sources.source(spec)[0].default_template).system
+
+
+def _template(args: argparse.Namespace, t: Target) -> str | None:
+    """``--template``, else the run's ``data.template`` (None for a bare model: each dataset's default)."""
+    return args.template if args.template is not None else t.cfg.data.template
 
 
 def slug(spec: str) -> str:
