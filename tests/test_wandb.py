@@ -71,6 +71,8 @@ def test_a_real_offline_run_is_written_under_the_run_dir(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):    # nothing written outside tmp_path
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
     with RunLog(tmp_path / "run", tensorboard=False, wandb=WandbSettings("rlvr-test")) as log:
         log.log(0, {"x": 1.0})
         log.log(1, {"x": 2.0})

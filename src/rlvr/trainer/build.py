@@ -96,6 +96,11 @@ def check_verifiers(problems: list[Problem], where: str) -> None:
     (rlvr.rewards.verifiers), so ``int`` meeting a LaTeX gold fails here rather than in the reward workers."""
     from rlvr.rewards import get_verifier
 
+    for name in dict.fromkeys(p.verifier for p in problems):
+        try:
+            get_verifier(name)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
     seen: set[tuple[str, str]] = set()
     for p in problems:
         if (p.verifier, p.answer) in seen:
