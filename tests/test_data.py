@@ -137,7 +137,7 @@ def test_rg_template_and_verifier_override():
     (dict(), "needs size="),
     (dict(size=0), "positive int"),
     (dict(size=3, task_kwargs={"seed": 1}), r"\['seed'\]"),
-    (dict(size=3, prompt_field="question"), r"apply to sources with row fields \(a .jsonl or .parquet file\), "
+    (dict(size=3, prompt_field="question"), r"apply to sources with row fields \(a .jsonl or .parquet file, hf:<repo>\), "
                                             r"not to 'rg:chain_sum'"),
     (dict(size=3, verifier=""), "verifier"),
 ])

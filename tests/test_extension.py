@@ -262,11 +262,13 @@ def test_the_registry_modules_import_without_torch():
     assert res.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("module", ["rlvr.data.sources", "rlvr.data.files"])
+@pytest.mark.parametrize("module", ["rlvr.data.sources", "rlvr.data.files", "rlvr.data.hub", "rlvr.data.benchmarks"])
 def test_a_registering_module_imports_first_in_a_fresh_interpreter(module):
     """A source module imports the registry from its own package: no import cycle whichever comes first."""
     code = f"import importlib; importlib.import_module({module!r}); from rlvr.data import sources; " \
            "print(sources.spellings())"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.strip() == "['arith', 'champ', 'a .jsonl or .parquet file', 'rg:<task>']"
+    assert res.stdout.strip() == ("['aime24', 'amc23', 'arith', 'champ', 'a .jsonl or .parquet file', 'gsm8k', "
+                                  "'gsm8k_train', 'hf:<repo>', 'math500', 'math_l35', 'math_train', 'minerva', "
+                                  "'olympiadbench', 'rg:<task>']")

@@ -62,6 +62,19 @@ EXTRACTION = [
     ("", None, None),
     ("The answer is", None, None),
     ("#### ", None, None),
+    # reasoning in think tags (DeepSeek-R1): only what follows the last </think> counts; an unclosed think has none
+    (r"<think>maybe \boxed{3}</think> so \boxed{4}", "4", "boxed"),
+    ("<think>the answer is 3</think>\nThe answer is 5", "5", "phrase"),
+    (r"<think>\boxed{3} still thinking", None, None),
+    (r"<think>\boxed{3}</think> and nothing", None, None),
+    # R1's answer tag: a box or #### inside it wins, else its content
+    (r"reasoning</think><answer>\boxed{7}</answer>", "7", "boxed"),
+    ("<think>r</think> <answer> 42 </answer>", "42", "tag"),
+    ("<answer>The answer is 6.</answer>", "6", "tag"),
+    ("<answer>5</answer> then <answer>$6$</answer>", "6", "tag"),
+    ("<answer>#### 9</answer>", "9", "hash"),
+    (r"<answer></answer> \boxed{2}", "2", "boxed"),                         # an empty tag is no answer
+    (r"<answer>unclosed \boxed{8}", "8", "boxed"),
 ]
 
 
@@ -78,6 +91,23 @@ def test_extraction_table(completion, answer, form):
 ])
 def test_format_score(completion, expected):
     assert format_score(completion) == expected
+
+
+@pytest.mark.parametrize("completion, plain, think", [
+    (r"<think>2+2=4</think> \boxed{4}", 1.0, 1.0),
+    (r"2+2=4</think>" "\n" r"\boxed{4}", 1.0, 1.0),               # the chat template wrote the opening tag
+    ("<think>a</think><answer>4</answer>", 1.0, 1.0),
+    (r"\boxed{4}", 1.0, 0.0),                                          # no reasoning block
+    (r"<think> </think> \boxed{4}", 1.0, 0.0),                          # empty reasoning
+    (r"<think>a</think><think>b</think> \boxed{4}", 1.0, 0.0),           # two blocks
+    (r"<think>a<think>b</think> \boxed{4}", 1.0, 0.0),                  # a nested opening tag
+    ("<think>a</think> The answer is 4", 0.0, 0.0),                     # not a requested form
+    (r"<think>a \boxed{4}", 0.0, 0.0),                                  # never closed: no answer
+    (r"<think>a</think> \boxed{4} </think>", 0.0, 0.0),                 # nothing after the last </think>
+])
+def test_format_score_with_think_tags(completion, plain, think):
+    assert format_score(completion) == plain
+    assert format_score(completion, think=True) == think
 
 
 def test_extraction_rejects_non_strings():

@@ -108,6 +108,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")            # the datasets library's cache notices
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     from rlvr.config import ConfigError, load_config
 
     path, overrides = None, list(args.overrides)

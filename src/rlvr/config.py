@@ -87,7 +87,9 @@ MAIN_JOB_TASK = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 
 class DataConfig:
     source: str = "rg:basic_arithmetic"
     """A registered data source (rlvr.data.sources): rg:<reasoning-gym task>, arith (synthetic, for tiny models),
-    champ, a .jsonl / .parquet path, or the import path module:function of a registered loader."""
+    champ, a .jsonl / .parquet path, hf:<repo>[:<config>][@<split>] (a Hugging Face dataset), a benchmark preset
+    (math500, aime24, amc23, minerva, olympiadbench, gsm8k, gsm8k_train, math_train, math_l35), or the import path
+    module:function of a registered loader."""
     size: int | None = None
     """Problems generated (generated sources; None = the source's default_size, 2000 for rg: and arith) or read
     (the others; None = all of them)."""
@@ -99,11 +101,18 @@ class DataConfig:
     """Options of sources that take them: reasoning-gym's difficulty knobs, arith's ArithSpec knobs, champ's
     category (default: the main job's two-term addition of one- or two-digit numbers)."""
     prompt_field: str = "prompt"
-    """Row field holding the prompt (sources with row fields: files)."""
+    """Row field holding the prompt (sources with row fields: files, hf:)."""
     answer_field: str = "answer"
-    """Row field holding the gold answer (sources with row fields: files)."""
-    template: str = "{prompt}"
-    """Prompt template (str.format over the row; {prompt} is the prompt field)."""
+    """Row field holding the gold answer (sources with row fields: files, hf:)."""
+    answer_extract: str | None = None
+    """How the gold is found in the answer field (sources with row fields): boxed (the last \\boxed{} of a solution),
+    hash (after GSM8K's ####), a registered name or module:function (rlvr.data.gold); None: the field is the gold."""
+    path: str | None = None
+    """Local copy of a hub dataset (hf:, presets): a folder saved by datasets.save_to_disk or a data file; None:
+    $RLVR_DATA_DIR/<name> when it exists, else the datasets cache or the hub (rlvr.data.hub)."""
+    template: str | None = None
+    """Prompt template (rlvr.data.templates): plain, boxed, qwen_math, r1, or a str.format string over the row
+    ({prompt} is the prompt field); None: the source's default (boxed for the benchmark presets), else plain."""
     verifier: str | None = "int_last"
     """Verifier for every problem (math, int, int_last, a registered name, or module:function); None: the
     source's default."""
@@ -345,6 +354,12 @@ class LogConfig:
     """Log policy/kl to the reference model when it costs no extra weights (LoRA) or is loaded anyway."""
     progress: bool = True
     """Rich progress bar."""
+    wandb: bool = False
+    """Also log metrics to Weights & Biases (pip install 'rlvr[wandb]'; WANDB_MODE=offline keeps it on disk; rank 0)."""
+    wandb_project: str = "rlvr"
+    """W&B project of the run."""
+    wandb_name: str | None = None
+    """W&B run name (None: the run directory's name)."""
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,18 @@
 
 Functions elsewhere *return* metric dicts with namespaced keys (``reward/``, ``adv/``, ``loss/``,
 ``policy/``, ``response/``, ``perf/``, ``eval/``); ``RunLog`` writes them: ``metrics.jsonl`` (one JSON
-object per step), TensorBoard events (``tb/``) and sampled completions (``completions.jsonl``).
+object per step), TensorBoard events (``tb/``), sampled completions (``completions.jsonl``) and, with
+``log.wandb=true``, the same scalars to Weights & Biases (``WandbSettings``; the ``wandb`` package is imported only
+then: ``pip install 'rlvr[wandb]'``). W&B reads its own environment: ``WANDB_MODE=offline`` writes the run under
+``RUN_DIR/wandb/`` without any network call (``wandb sync`` uploads it later), ``WANDB_MODE=disabled`` turns it off.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -39,10 +45,36 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-class RunLog:
-    """Writes metrics.jsonl, completions.jsonl and (optionally) TensorBoard events under ``run_dir``."""
+@dataclass(frozen=True)
+class WandbSettings:
+    """A W&B run for ``RunLog``: project, run name (None: the run directory's name) and the config to record.
+    The run id is derived from the run directory's absolute path, so a resumed run continues the same W&B run."""
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, resume_step: int | None = None) -> None:
+    project: str = "rlvr"
+    name: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def require_wandb() -> None:
+    """A ValueError saying how to install wandb when it is missing (checked before a run loads its model)."""
+    if importlib.util.find_spec("wandb") is None:
+        raise ValueError("log.wandb=true needs the wandb package: pip install 'rlvr[wandb]' (or log.wandb=false)")
+
+
+def _open_wandb(run_dir: Path, settings: WandbSettings) -> Any:
+    import wandb  # only here: log.wandb=true
+
+    run_id = f"{run_dir.name[:100]}-{hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:8]}"
+    run_id = "".join(c if c.isalnum() or c in "-_" else "_" for c in run_id)
+    return wandb.init(project=settings.project, name=settings.name or run_dir.name, id=run_id, resume="allow",
+                      dir=str(run_dir), config=settings.config)
+
+
+class RunLog:
+    """Writes metrics.jsonl, completions.jsonl and (optionally) TensorBoard events and a W&B run under ``run_dir``."""
+
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, resume_step: int | None = None,
+                 wandb: WandbSettings | None = None) -> None:
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         if resume_step is not None:  # a resumed run continues from its checkpoint: drop anything logged after it
@@ -55,6 +87,7 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(self.dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
+        self._wandb = _open_wandb(self.dir, wandb) if wandb is not None else None
 
     @staticmethod
     def _truncate(path: Path, step: int) -> None:
@@ -69,11 +102,13 @@ class RunLog:
         row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
+        scalars = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))
+                   and not isinstance(v, bool)}
         if self._tb is not None:
-            for k, v in metrics.items():
-                v = _jsonable(v)
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(k, v, step)
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
 
     def completions(self, step: int, rows: Iterable[dict[str, Any]]) -> None:
         for r in rows:
@@ -85,6 +120,8 @@ class RunLog:
         self._completions.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
     def __enter__(self) -> "RunLog":
         return self

@@ -8,27 +8,25 @@ The same number makes the problem id, ``"<file name>:<row>"``.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-from rlvr.data import sources
-from rlvr.data.base import DataError, render_prompt
+from rlvr.data import gold, sources
+from rlvr.data.base import DataError
+from rlvr.data.rows import Bad, RowFormat, row_problems
 from rlvr.types import Problem
 
 SUFFIXES = (".jsonl", ".parquet")
-MAX_LISTED = 20
 
 
 @sources.register("file", argument="path", suffixes=SUFFIXES, row_fields=True, default_verifier="math")
 def file_problems(path: str | Path, *, size: int | None, prompt_field: str = "prompt", answer_field: str = "answer",
-                  template: str = "{prompt}", verifier: str = "math") -> list[Problem]:
-    """Problems from a .jsonl or .parquet file.
+                  template: str = "{prompt}", answer_extract: str | None = None,
+                  verifier: str = "math") -> list[Problem]:
+    """Problems from a .jsonl or .parquet file (rows as ``rlvr.data.rows`` reads them).
 
-    prompt = ``template.format(**row, prompt=row[prompt_field])`` (so ``{prompt}`` is the prompt field's
-    text whatever its name, and any other field of the row can be named too); answer = ``row[answer_field]``
-    as text (numbers converted: 3 and 3.0 -> "3", 0.5 -> "0.5"). ``size`` None keeps all rows, else the
-    first ``size`` rows (all rows are validated either way).
+    ``answer_extract`` names an answer extractor (``rlvr.data.gold``) for files whose gold sits inside a longer
+    field; ``size`` None keeps all rows, else the first ``size`` rows (all rows are validated either way).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -37,38 +35,16 @@ def file_problems(path: str | Path, *, size: int | None, prompt_field: str = "pr
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     rows = _jsonl_rows(path) if suffix == ".jsonl" else _parquet_rows(path)
-    unit = "line" if suffix == ".jsonl" else "row"
-    good, bad = [], []
-    for number, row in rows:
-        parsed = row if isinstance(row, _Bad) else _row_problem(row, prompt_field, answer_field)
-        if isinstance(parsed, _Bad):
-            bad.append((number, parsed.reason))
-        else:
-            good.append((number, row, *parsed))
-    if bad:
-        raise DataError(_bad_rows_message(path, unit, bad))
-    if not good:
-        raise DataError(f"{path}: no rows")
-    if size is not None and size > len(good):
-        raise DataError(f"{path}: size={size} asked for, but the file has only {len(good)} rows "
-                        "(size=None takes all rows)")
-    problems = [
-        Problem(prompt=render_prompt(template, {**row, "prompt": prompt}, f"{unit} {number} of {path}"),
-                answer=answer, verifier=verifier, id=f"{path.name}:{number}")
-        for number, row, prompt, answer in good
-    ]
-    return problems if size is None else problems[:size]
-
-
-class _Bad:
-    """Why a row is unusable (kept apart from the row values so a row can never look like a reason)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
+    jsonl = suffix == ".jsonl"
+    fmt = RowFormat(where=str(path), unit="line" if jsonl else "row",
+                    numbering="1-based line numbers" if jsonl else "0-based row indices", id_prefix=path.name,
+                    prompt_field=prompt_field, answer_field=answer_field, template=template,
+                    extract=gold.extractor(answer_extract) if answer_extract else None)
+    return row_problems(rows, fmt, size=size, verifier=verifier)
 
 
 def _jsonl_rows(path: Path) -> list[tuple[int, Any]]:
-    """(1-based line number, parsed value or _Bad) for each non-blank line."""
+    """(1-based line number, parsed value or Bad) for each non-blank line."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -80,7 +56,7 @@ def _jsonl_rows(path: Path) -> list[tuple[int, Any]]:
         try:
             rows.append((number, json.loads(line)))
         except json.JSONDecodeError as err:
-            rows.append((number, _Bad(f"invalid JSON ({err.msg} at column {err.colno})")))
+            rows.append((number, Bad(f"invalid JSON ({err.msg} at column {err.colno})")))
     return rows
 
 
@@ -94,45 +70,3 @@ def _parquet_rows(path: Path) -> list[tuple[int, Any]]:
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"{path}: cannot read as Parquet ({err})") from err
     return list(enumerate(table.to_pylist()))
-
-
-def _row_problem(row: Any, prompt_field: str, answer_field: str) -> tuple[str, str] | _Bad:
-    """(prompt text, answer text) of a valid row, or why it is not valid."""
-    if not isinstance(row, dict):
-        return _Bad(f"not a JSON object (got {type(row).__name__})")
-    for field in (prompt_field, answer_field):
-        if field not in row or row[field] is None:
-            return _Bad(f"missing field {field!r}" + (" (null)" if field in row else ""))
-    prompt = row[prompt_field]
-    if not isinstance(prompt, str):
-        return _Bad(f"prompt field {prompt_field!r} is a {type(prompt).__name__}, not a string")
-    if not prompt.strip():
-        return _Bad(f"empty prompt (field {prompt_field!r})")
-    answer = answer_text(row[answer_field])
-    if isinstance(answer, _Bad):
-        return _Bad(f"{answer.reason} (field {answer_field!r})")
-    return prompt, answer
-
-
-def answer_text(value: Any) -> str | _Bad:
-    """A gold answer as text: strings stripped; ints as written; floats that are whole without ".0"."""
-    if isinstance(value, str):
-        return value.strip() or _Bad("empty answer")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return _Bad(f"answer is a {type(value).__name__}, not a string or number")
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return _Bad(f"answer is {value}")
-        if value.is_integer():
-            return str(int(value))
-        return repr(value)
-    return str(value)
-
-
-def _bad_rows_message(path: Path, unit: str, bad: list[tuple[int, str]]) -> str:
-    numbering = "1-based line numbers" if unit == "line" else "0-based row indices"
-    lines = [f"{path}: {len(bad)} bad row(s) ({numbering}):"]
-    lines += [f"  {unit} {number}: {reason}" for number, reason in bad[:MAX_LISTED]]
-    if len(bad) > MAX_LISTED:
-        lines.append(f"  and {len(bad) - MAX_LISTED} more")
-    return "\n".join(lines)

@@ -9,19 +9,21 @@ A source is registered in its own module with the facts build_problems and the t
 
 It is then named in one of three ways (``spec`` below):
 
-- exactly, by its name: ``arith``, ``champ`` (a fixed set or a preset such as a benchmark);
+- exactly, by its name: ``arith``, ``champ``, ``math500`` (a fixed set or a preset such as a benchmark);
 - ``<name>:<argument>`` when it has an ``argument``: ``rg:basic_arithmetic`` calls the loader with
-  ``task="basic_arithmetic"`` (the next source with an argument, say ``hf:<repo>``, is one more registration);
+  ``task="basic_arithmetic"``, ``hf:openai/gsm8k:main@test`` with ``repo="openai/gsm8k:main@test"``;
 - by a path ending in one of its ``suffixes``: ``data/train.jsonl`` (the path is the argument);
 - or by the import path of its loader, ``my_package.my_module:my_source`` (importing the module registers it),
   followed by ``:<argument>`` for a source with an argument (``my_package.hub:hub_source:org/dataset``).
 
 The loader is called with keyword arguments only: its argument (under the name ``argument`` gives), ``size``
 (an int, or None = every problem the source has), and, as its facts say, ``seed`` (generated sources),
-``task_kwargs`` (a dict, possibly empty) and ``prompt_field``, ``answer_field``, ``template`` (sources of rows
-with named fields, which apply the template themselves). It returns a list of ``Problem``;
-``rlvr.data.build_problems`` checks the options against the facts before calling it, then applies the
-``{prompt}`` template (for sources without row fields) and the verifier.
+``task_kwargs`` (a dict, possibly empty), ``prompt_field``, ``answer_field``, ``template`` and ``answer_extract``
+(sources of rows with named fields, which apply the template's user message and the answer extractor themselves:
+``rlvr.data.rows``) and ``path`` (sources with a local copy: a folder saved by ``datasets.save_to_disk`` or a data
+file, None = look it up: ``rlvr.data.hub``). It returns a list of ``Problem``; ``rlvr.data.build_problems`` checks
+the options against the facts before calling it, then applies the template (for sources without row fields: only
+``{prompt}``) and the verifier.
 """
 from __future__ import annotations
 
@@ -59,6 +61,8 @@ class DataSource:
         and ``template`` (which may name any field of the row) and applies the template itself.
     default_verifier: the verifier every problem gets unless build_problems is given one; None: the loader
         chooses per problem (``rlvr.data.base.verifier_for_answer``: int for an integer gold, else math).
+    default_template: the prompt template (``rlvr.data.templates``) used when none is given; None: ``plain``.
+    local_copy: the loader takes ``path``, where a local copy of a hub dataset lies (``rlvr.data.hub``).
     """
 
     name: str
@@ -70,6 +74,8 @@ class DataSource:
     takes_task_kwargs: bool = False
     row_fields: bool = False
     default_verifier: str | None = None
+    default_template: str | None = None
+    local_copy: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or ":" in self.name:
@@ -173,16 +179,27 @@ def _valid() -> str:
 
 
 def check_options(entry: DataSource, spec: str, *, size: Any, prompt_field: str, answer_field: str,
-                  task_kwargs: dict[str, Any] | None) -> None:
+                  task_kwargs: dict[str, Any] | None, answer_extract: str | None = None,
+                  path: str | os.PathLike[str] | None = None) -> None:
     """The options build_problems got, against the source's facts (DataError naming the option and source)."""
     if size is None and entry.generated:
         raise DataError(f"source {spec!r} needs size= (the number of problems to generate)")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise DataError(f"size must be a positive int or None, got {size!r} (source {spec!r})")
     if not entry.row_fields and (prompt_field, answer_field) != ("prompt", "answer"):
-        kinds = [e.spelling for e in map(_REGISTRY.entry, names()) if e.row_fields]
-        raise DataError(f"prompt_field/answer_field apply to sources with row fields ({', '.join(kinds)}), "
+        raise DataError(f"prompt_field/answer_field apply to sources with row fields ({', '.join(_with('row_fields'))}), "
                         f"not to {spec!r}")
+    if not entry.row_fields and answer_extract is not None:
+        raise DataError(f"answer_extract applies to sources with row fields ({', '.join(_with('row_fields'))}), not "
+                        f"to {spec!r} (a preset extracts its own gold)")
     if task_kwargs and not entry.takes_task_kwargs:
-        kinds = [e.spelling for e in map(_REGISTRY.entry, names()) if e.takes_task_kwargs]
-        raise DataError(f"task_kwargs apply to {', '.join(kinds)}; {spec!r} takes none")
+        raise DataError(f"task_kwargs apply to {', '.join(_with('takes_task_kwargs'))}; {spec!r} takes none "
+                        "(data.task_kwargs={} clears the main job's default)")
+    if path is not None and not entry.local_copy:
+        raise DataError(f"a local copy (path) applies to hub datasets ({', '.join(_with('local_copy'))}), "
+                        f"not to {spec!r}")
+
+
+def _with(fact: str) -> list[str]:
+    """How the sources with ``fact`` set are named, for messages."""
+    return [e.spelling for e in map(_REGISTRY.entry, names()) if getattr(e, fact)]

@@ -32,6 +32,9 @@ class RewardSettings:
     format_weight: float = 0.0
     overlong_buffer: int = 0
     overlong_penalty: float = 1.0
+    think: bool = False
+    """The prompt template asks for reasoning in ``<think>`` tags: the format reward then also requires one think
+    block before the answer (``rlvr.rewards.extract.format_score``)."""
 
 
 def score(pool: Any, problems: Sequence[Problem], rollout: Rollout, n: int, settings: RewardSettings,
@@ -40,7 +43,7 @@ def score(pool: Any, problems: Sequence[Problem], rollout: Rollout, n: int, sett
     rows = [p for p in problems for _ in range(n)]
     results = pool.score([p.verifier for p in rows], rollout.texts, [p.answer for p in rows])
     acc = torch.tensor([r.score for r in results], dtype=torch.float64)
-    fmt = torch.tensor([format_score(t) for t in rollout.texts], dtype=torch.float64)
+    fmt = torch.tensor([format_score(t, settings.think) for t in rollout.texts], dtype=torch.float64)
     over = overlong_penalty(rollout.lengths.cpu(), max_tokens=max_new_tokens, buffer=settings.overlong_buffer,
                             factor=settings.overlong_penalty)
     total = acc + settings.format_weight * fmt + over

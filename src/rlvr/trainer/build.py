@@ -76,23 +76,53 @@ def reference_sampler(cfg: TrainConfig, reference: Reference, tokenizer: Any, *,
 
 def build_problems(cfg: TrainConfig) -> tuple[list[Problem], list[Problem]]:
     """(train, held-out) problems of ``cfg.data``; a generated source without ``data.size`` makes its
-    registered ``default_size``. Every verifier the problems name must be registered (checked here, before
-    the model loads)."""
+    registered ``default_size``. Every verifier the problems name must be registered and must accept their golds
+    (``check_verifiers``), checked here, before the model loads."""
     from rlvr.data import build_problems as load, sources, split_problems
-    from rlvr.rewards import get_verifier
 
     d = cfg.data
     entry, _ = sources.source(d.source)
     size = entry.default_size if d.size is None and entry.generated else d.size
     problems = load(d.source, size=size, seed=d.seed, prompt_field=d.prompt_field, answer_field=d.answer_field,
-                    template=d.template, verifier=d.verifier, **({"task_kwargs": d.task_kwargs} if d.task_kwargs
-                                                                 else {}))
+                    template=d.template, verifier=d.verifier, answer_extract=d.answer_extract, path=d.path,
+                    **({"task_kwargs": d.task_kwargs} if d.task_kwargs else {}))
+    check_verifiers(problems, f"data.source={d.source} with data.verifier={d.verifier}")
+    return split_problems(problems, eval_size=d.eval_size, seed=d.seed)
+
+
+def check_verifiers(problems: list[Problem], where: str) -> None:
+    """Every verifier the problems name is registered and accepts their golds: each distinct (verifier, gold) is
+    checked once with an empty completion, and a verifier raises ValueError only for a gold it cannot check
+    (rlvr.rewards.verifiers), so ``int`` meeting a LaTeX gold fails here rather than in the reward workers."""
+    from rlvr.rewards import get_verifier
+
     for name in dict.fromkeys(p.verifier for p in problems):
         try:
             get_verifier(name)
         except ValueError as err:
-            raise ValueError(f"data.source={d.source} with data.verifier={d.verifier}: {err}") from None
-    return split_problems(problems, eval_size=d.eval_size, seed=d.seed)
+            raise ValueError(f"{where}: {err}") from None
+    seen: set[tuple[str, str]] = set()
+    for p in problems:
+        if (p.verifier, p.answer) in seen:
+            continue
+        seen.add((p.verifier, p.answer))
+        try:
+            get_verifier(p.verifier)("", p.answer)
+        except ValueError as err:
+            raise ValueError(f"{where}: verifier {p.verifier!r} cannot check the gold {p.answer!r} of problem {p.id}: "
+                             f"{err} (data.verifier=null uses the source's own verifier)") from None
+
+
+def prompt_template(cfg: TrainConfig) -> Any:
+    """The run's prompt template (``rlvr.data.templates.Template``): ``data.template`` or the source's default."""
+    from rlvr.data import sources, templates
+
+    return templates.template(cfg.data.template, sources.source(cfg.data.source)[0].default_template)
+
+
+def system_prompt(cfg: TrainConfig) -> str | None:
+    """The system message of the run's prompts: ``model.system_prompt`` when set, else its template's."""
+    return cfg.model.system_prompt if cfg.model.system_prompt is not None else prompt_template(cfg).system
 
 
 def make_encoder(tokenizer: Any, system_prompt: str | None) -> Callable[[Problem], list[int]]:

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from rlvr.config import TrainConfig, dump_config
+from rlvr.config import TrainConfig, dump_config, to_dict
 from rlvr.eval import EvalResult, evaluate
-from rlvr.metrics import RunLog
+from rlvr.metrics import RunLog, WandbSettings, require_wandb
 from rlvr.rewards.scoring import RewardSettings
 from rlvr.trainer import build, dist
 from rlvr.trainer.algorithm import Algorithm
@@ -92,6 +92,8 @@ class Run:
             raise FileExistsError(f"run directory {self.dir} already holds a run; use --resume to continue it")
         if self.world.main:
             self.train_problems, self.eval_problems = build.build_problems(cfg)
+            if cfg.log.wandb:
+                require_wandb()
         self._open_learner()
         self.state = TrainState(step=0, data_position=0, policy_version=0)
         if self.resume:
@@ -125,7 +127,7 @@ class Run:
         cfg, algo = self.cfg, self.algo
         model = self.policy.model if not self.world.parallel else build.load_policy(cfg, self.device)[0]
         self.sampler = HFSampler(model, self.tokenizer, max_batch_size=cfg.rollout.max_batch_size)
-        self.encode = build.make_encoder(self.tokenizer, cfg.model.system_prompt)
+        self.encode = build.make_encoder(self.tokenizer, build.system_prompt(cfg))
         self.stream = PromptStream(self.train_problems, cfg.seed, position=self.state.data_position)
         own_copy = cfg.trainer == "async" or self.world.parallel        # sampling must not share the learner's weights
         self.ref_sampler, self.ref_context = build.reference_sampler(
@@ -133,7 +135,8 @@ class Run:
             if algo.needs_reference_samples else (None, nullcontext)
         self.sampling = build.sampling_params(cfg, algo)
         r = cfg.reward
-        self.rewards = RewardSettings(r.format_weight, r.overlong_buffer, r.overlong_penalty)
+        self.rewards = RewardSettings(r.format_weight, r.overlong_buffer, r.overlong_penalty,
+                                      think=build.prompt_template(cfg).think)
 
     def publish(self, version: int) -> None:
         """The learner's weights are now ``version`` updates old: rank 0's sampler stamps its rollouts with it. With
@@ -169,7 +172,8 @@ class Run:
         from rlvr.rewards import RewardPool
 
         cfg = self.cfg
-        self.log = self._stack.enter_context(RunLog(self.dir, tensorboard=cfg.log.tensorboard,
+        wandb = WandbSettings(cfg.log.wandb_project, cfg.log.wandb_name, to_dict(cfg)) if cfg.log.wandb else None
+        self.log = self._stack.enter_context(RunLog(self.dir, tensorboard=cfg.log.tensorboard, wandb=wandb,
                                                     resume_step=self.state.step if self.resume else None))
         self.pool = self._stack.enter_context(RewardPool(num_workers=cfg.reward.num_workers,
                                                          timeout_s=cfg.reward.timeout_s))
