@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from rlvr import advantages, kl, losses
 from rlvr.models import tiny_random
 from rlvr.rewards.scoring import Scores
-from rlvr.trainer import dist
+from rlvr.trainer import dist, microbatch
 from rlvr.trainer.algorithm import Algorithm
 from rlvr.trainer.batch import Batch
 from rlvr.trainer.step import Policy, Schedule, update_policy
@@ -88,10 +88,11 @@ def algorithm(loss: str, aggregation: str, kl_coef: float = 0.0) -> Algorithm:
                      kl=kl.get("k3"), kl_coef=kl_coef, max_tokens=9)
 
 
-CASES = [  # (loss, aggregation, num_iterations, mini_batches)
-    ("reinforce", "token_mean", 1, 1), ("ppo_clip", "seq_mean_token_mean", 2, 2), ("reinforce", "seq_mean_token_sum", 1, 1),
-    ("ppo_clip", "seq_mean_token_sum_norm", 1, 2), ("reinforce", "group_mean_token_mean", 2, 1),
-    ("decoupled_ppo", "token_mean", 2, 1),
+CASES = [  # (loss, aggregation, num_iterations, mini_batches, max_tokens_per_micro_batch)
+    ("reinforce", "token_mean", 1, 1, None), ("ppo_clip", "seq_mean_token_mean", 2, 2, None),
+    ("reinforce", "seq_mean_token_sum", 1, 1, None), ("ppo_clip", "seq_mean_token_sum_norm", 1, 2, None),
+    ("reinforce", "group_mean_token_mean", 2, 1, None), ("decoupled_ppo", "token_mean", 2, 1, None),
+    ("ppo_clip", "token_mean", 2, 2, 24), ("reinforce", "group_mean_token_mean", 1, 1, 20),
 ]
 
 
@@ -112,7 +113,7 @@ def _naive_normalizer(world: dist.World):
     real = _REAL_NORMALIZER
 
     def naive(mask, mode, **kw):
-        keep = dist.rank_rows(torch.arange(mask.shape[0]), world)
+        keep = microbatch.rank_rows(torch.arange(mask.shape[0]), world)
         gt = kw.pop("group_tokens", None)
         return real(mask[keep], mode, group_tokens=gt[keep] if gt is not None else None, **kw)
     return naive
@@ -123,8 +124,9 @@ def update_checks(out: str, strategy: str) -> None:
     computes on its own); then the naive per-rank normaliser on the same update."""
     world = dist.init(strategy, torch.device("cpu"))
     report = {}
-    for loss, mode, iters, minis in CASES:
-        schedule = Schedule(iters, minis, micro_batch_size=2, max_grad_norm=0.0, seed=3)
+    for loss, mode, iters, minis, tokens in CASES:
+        schedule = Schedule(iters, minis, micro_batch_size=2, max_grad_norm=0.0, seed=3,
+                            max_tokens_per_micro_batch=tokens)
         ref = make_policy(dist.World(), strategy_wrap=False)
         m_ref = update_policy(ref, make_batch(), algorithm(loss, mode), schedule, step=0)
         dp = make_policy(world)
@@ -139,7 +141,7 @@ def update_checks(out: str, strategy: str) -> None:
         finally:
             losses.loss_normalizer = _REAL_NORMALIZER
         keys = ("loss/policy", "train/grad_norm", "policy/entropy", "loss_stats/ratio")
-        report[f"{loss}/{mode}"] = {
+        report[f"{loss}/{mode}/{tokens}"] = {
             "weights": _max_diff(w_ref, w_dp), "moved": moved, "naive_weights": _max_diff(w_ref, _weights(naive)),
             "metrics": {k: [m_ref.get(k), m_dp.get(k)] for k in keys if k in m_ref},
             "skipped": [m_ref["train/skipped_steps"], m_dp["train/skipped_steps"]]}

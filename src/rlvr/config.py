@@ -249,6 +249,10 @@ class AlgoConfig:
     """Optimiser steps per pass over a batch."""
     micro_batch_size: int = 16
     """Sequences per forward/backward (gradient accumulation inside a mini-batch)."""
+    max_tokens_per_micro_batch: int | None = None
+    """Token budget per forward/backward instead of micro_batch_size rows: prompt + completion tokens of a
+    micro-batch, padding counted; rows of similar length are packed together (rlvr.trainer.microbatch); None = by
+    rows. The gradient is the same either way (one normaliser per optimiser step)."""
     old_logprobs: str = "recompute"
     """π_old of ratio losses (ppo_clip, cispo): recompute (a learner forward at the start of the step) or
     behavior (the sampler's log-probs: the ratio is taken to the behaviour policy, for stale samples).
@@ -259,6 +263,8 @@ class AlgoConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "num_iterations", "mini_batches", "micro_batch_size")
+        if self.max_tokens_per_micro_batch is not None:
+            _positive(self, "max_tokens_per_micro_batch")
         if self.kl_coef < 0:
             raise ConfigError(f"algo.kl_coef must be >= 0, got {self.kl_coef}")
         _one_of(self, "old_logprobs", ("recompute", "behavior"))
