@@ -144,9 +144,10 @@ class LogProbs(torch.nn.Module):
         self.model = model
 
     def forward(self, prompt_ids: list[list[int]], completion_ids: Tensor, lengths: Tensor, *, chunk_size: int = 1024,
-                with_entropy: bool = False, share_prompts: bool = True) -> tuple[Tensor, Tensor | None]:
+                with_entropy: bool = False, share_prompts: bool = True, pack: bool = False
+                ) -> tuple[Tensor, Tensor | None]:
         lp, ent = completion_logprobs(self.model, prompt_ids, completion_ids, lengths, chunk_size=chunk_size,
-                                      with_entropy=with_entropy, share_prompts=share_prompts)
+                                      with_entropy=with_entropy, share_prompts=share_prompts, pack=pack)
         return lp.clone(), ent    # not a view: FSDP2 hooks its backward on the output
 
 

@@ -6,8 +6,10 @@ Two ways to cut an optimiser step's rows into micro-batches (``Budget``):
 * by tokens: ``algo.max_tokens_per_micro_batch``: each micro-batch holds rows whose prompt + completion tokens,
   padding counted (a padded forward runs ``rows × longest`` positions), stay within the budget. Rows are sorted by
   length, longest first, and a micro-batch takes rows while ``(rows + 1) × its longest ≤ budget``, so rows of
-  similar length share a micro-batch and little is spent on padding. A row longer than the budget gets a
-  micro-batch of its own, with a warning. With several ranks, whole prompt groups go to ranks longest-first onto
+  similar length share a micro-batch and little is spent on padding. Packed (``model.pack_sequences``), nothing
+  is padding: a micro-batch's cost is the sum of its rows' lengths, and rows go longest first into the first
+  micro-batch they fit (first-fit decreasing). A row longer than the budget gets a micro-batch of its own, with a
+  warning. With several ranks, whole prompt groups go to ranks longest-first onto
   the least-loaded rank (balanced token counts) before each rank packs its share.
 
 Either way the optimiser step's normaliser is computed over all its rows (``losses.loss_normalizer``), so how the
@@ -32,11 +34,12 @@ __all__ = ["Budget", "rank_rows", "micro_batches", "token_shares", "pack"]
 
 @dataclass(frozen=True)
 class Budget:
-    """``rows`` per micro-batch, or, when ``tokens`` is set, at most that many prompt + completion tokens (padding
-    counted) per micro-batch."""
+    """``rows`` per micro-batch, or, when ``tokens`` is set, at most that many prompt + completion tokens per
+    micro-batch: padding counted, or, when ``packed``, the rows' own tokens only."""
 
     rows: int = 16
     tokens: int | None = None
+    packed: bool = False
 
 
 def rank_rows(rows: Tensor, world: World, rank: int | None = None, group_size: int = 1) -> Tensor:
@@ -64,20 +67,26 @@ def token_shares(rows: Tensor, lengths: Tensor, world: World, group_size: int = 
             for k in range(world.size)]
 
 
-def pack(rows: Tensor, lengths: Tensor, max_tokens: int) -> list[Tensor]:
-    """``rows`` in micro-batches of at most ``max_tokens`` padded tokens (rows × the micro-batch's longest row):
-    longest first; a row over the budget alone (with a warning)."""
+def pack(rows: Tensor, lengths: Tensor, max_tokens: int, packed: bool = False) -> list[Tensor]:
+    """``rows`` in micro-batches of at most ``max_tokens`` tokens, longest row first: padded, rows × the micro-batch's
+    longest row, each micro-batch filled in turn; ``packed``, the sum of the rows' lengths, each row into the first
+    micro-batch with room. A row over the budget alone (with a warning)."""
     order = sorted(rows.tolist(), key=lambda r: (-int(lengths[r]), r))
     out: list[list[int]] = []
+    used: list[int] = []
     for r in order:
         n = int(lengths[r])
-        if out and (len(out[-1]) + 1) * int(lengths[out[-1][0]]) <= max_tokens:
-            out[-1].append(r)
+        fits = [i for i, u in enumerate(used) if u + n <= max_tokens] if packed else \
+            [len(out) - 1] if out and (len(out[-1]) + 1) * int(lengths[out[-1][0]]) <= max_tokens else []
+        if fits:
+            out[fits[0]].append(r)
+            used[fits[0]] += n
             continue
         if n > max_tokens:
             warnings.warn(f"a row of {n} prompt + completion tokens exceeds algo.max_tokens_per_micro_batch="
                           f"{max_tokens}: it gets a micro-batch of its own", stacklevel=2)
         out.append([r])
+        used.append(n)
     return [torch.tensor(mb, dtype=torch.long) for mb in out]
 
 
@@ -94,6 +103,6 @@ def micro_batches(rows: Tensor, budget: Budget | int, world: World, group_size: 
     if lengths is None:
         raise ValueError("micro_batches: a token budget needs the rows' lengths")
     shares = token_shares(rows, lengths, world, group_size) if world.parallel else [rows]
-    plans = [pack(share, lengths, budget.tokens) if len(share) else [] for share in shares]
+    plans = [pack(share, lengths, budget.tokens, budget.packed) if len(share) else [] for share in shares]
     mine = plans[world.rank if world.parallel else 0]
     return mine + [None] * (max(len(p) for p in plans) - len(mine))

@@ -40,7 +40,8 @@ class Schedule:
     """How one batch becomes optimiser steps: ``num_iterations`` passes, each split into ``mini_batches``
     optimiser steps (rows shuffled from ``seed`` when > 1), each accumulated over micro-batches of
     ``micro_batch_size`` rows, or of at most ``max_tokens_per_micro_batch`` tokens (``microbatch.Budget``);
-    gradients clipped to ``max_grad_norm`` (0 = off)."""
+    gradients clipped to ``max_grad_norm`` (0 = off); ``packed``: sequences run without padding
+    (``model.pack_sequences``), so a token budget counts no padding."""
 
     num_iterations: int = 1
     mini_batches: int = 1
@@ -48,16 +49,17 @@ class Schedule:
     max_grad_norm: float = 1.0
     seed: int = 0
     max_tokens_per_micro_batch: int | None = None
+    packed: bool = False
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Schedule":
         a = cfg.algo
         return cls(a.num_iterations, a.mini_batches, a.micro_batch_size, cfg.optim.max_grad_norm, cfg.seed,
-                   a.max_tokens_per_micro_batch)
+                   a.max_tokens_per_micro_batch, cfg.model.pack_sequences)
 
     @property
     def budget(self) -> Budget:
-        return Budget(self.micro_batch_size, self.max_tokens_per_micro_batch)
+        return Budget(self.micro_batch_size, self.max_tokens_per_micro_batch, self.packed)
 
     @property
     def updates(self) -> int:
@@ -80,7 +82,8 @@ class Policy:
     """The trained model and what its log-prob passes and update need besides the batch.
 
     module: the ``dist.LogProbs`` of ``model`` that forward passes go through (FSDP2 / DDP-wrapped across ranks;
-    ``LogProbs(model)`` when None); reference: the frozen initial model or None; log_ref_kl: log policy/kl even
+    ``LogProbs(model)`` when None); reference: the frozen initial model or None; share_prompts / pack: the
+    log-prob paths of ``completion_logprobs`` (``model.share_prompts``, ``model.pack_sequences``); log_ref_kl: log policy/kl even
     without a KL term (``log.ref_kl``); world: the learner ranks."""
 
     model: torch.nn.Module
@@ -90,6 +93,7 @@ class Policy:
     autocast: Callable[[], AbstractContextManager] = nullcontext
     chunk_size: int = 1024
     share_prompts: bool = True
+    pack: bool = False
     log_ref_kl: bool = False
     module: torch.nn.Module | None = None
     world: World = field(default_factory=World)
@@ -216,7 +220,7 @@ def row_logprobs(policy: Policy, ro: Rollout, rows: Tensor, *, entropy: bool = F
         lp, ent = (module or policy.module)([ro.prompt_ids[i] for i in rows.tolist()],
                                             ro.completion_ids[rows, :T].to(device), lengths.to(device),
                                             chunk_size=policy.chunk_size, with_entropy=entropy,
-                                            share_prompts=policy.share_prompts)
+                                            share_prompts=policy.share_prompts, pack=policy.pack)
     return lp, ent, ro.loss_mask[rows, :T].to(device)
 
 
