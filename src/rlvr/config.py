@@ -198,6 +198,11 @@ class RolloutConfig:
     prompts re-issued."""
     max_worker_restarts: int = 3
     """Restarts one generate call may spend before the run fails."""
+    weight_sync: str = "batch"
+    """Async trainer: when rollout workers take newly published weights: batch (before their next generate call)
+    or token (in flight: between two decode steps of the call in progress; each token records the version that
+    sampled it, Rollout.token_versions, and a sample's staleness is its oldest token's). Engines with
+    in_flight=True only (hf)."""
 
     def __post_init__(self) -> None:
         _positive(self, "prompts_per_step", "group_size", "max_new_tokens", "max_batch_size", "num_workers",
@@ -206,6 +211,7 @@ class RolloutConfig:
 
         _registered(self, "engine", engines.engine)
         _registered(self, "backend", backends.backend)
+        _one_of(self, "weight_sync", ("batch", "token"))
         if self.max_refill_rounds < 0 or self.max_staleness < 0 or self.max_worker_restarts < 0:
             raise ConfigError("rollout.max_refill_rounds, rollout.max_staleness and rollout.max_worker_restarts "
                               f"must be >= 0, got {self.max_refill_rounds}, {self.max_staleness}, "
@@ -410,6 +416,13 @@ class TrainConfig:
         if engine(self.rollout.engine).async_only and self.trainer != "async":
             raise ConfigError(f"rollout.engine={self.rollout.engine} samples on rollout workers: it needs "
                               "trainer=async (rollout.max_staleness=0 is the synchronous schedule)")
+        if self.rollout.weight_sync == "token" and self.trainer != "async":
+            raise ConfigError("rollout.weight_sync=token updates the weights of rollout workers while they sample: "
+                              "it needs trainer=async (the sync trainer samples between updates)")
+        if self.rollout.weight_sync == "token" and not engine(self.rollout.engine).in_flight:
+            raise ConfigError(f"rollout.weight_sync=token: the {self.rollout.engine} engine cannot take new weights "
+                              "between decode steps (rlvr.rollout.engines: in_flight=False); use "
+                              "rollout.weight_sync=batch or rollout.engine=hf")
 
 
 # ----------------------------------------------------------------------------------------------
