@@ -7,6 +7,7 @@ Run from the repository root: ``python -m benchmarks NAME [options]`` (``python 
   variance     gradient bias and variance of the max@k estimators (exact on the bandit toy; Monte Carlo on tiny-arith)
   async        async against sync training for the same samples (staleness simulator or tiny-arith)
   trl          rlvr's GRPO step against TRL's GRPOTrainer step, with where the time goes
+  packing      train tokens/s, padded against packed sequences, rows against token-budget micro-batches
   utilisation  matmul peak, generation and training tokens/s and their FLOP fraction (MFU)
 
 Not part of the installed package: the benchmarks reach rlvr through its public API (``rlvr.advantages``,

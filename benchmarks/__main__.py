@@ -17,6 +17,7 @@ BENCHMARKS = {
     "trl": ("trl", "rlvr's GRPO step vs TRL's GRPOTrainer step, same model, prompts and settings"),
     "utilisation": ("utilisation", "tokens/s of generation and training and their FLOP fraction of the matmul "
                                    "peak (MFU)"),
+    "packing": ("packing", "train tokens/s, padded vs packed sequences and row vs token-budget micro-batches"),
     "learner": ("learner", "the learner's step time at world size 1 and N (rlvr train dist.world_size=N)"),
 }
 

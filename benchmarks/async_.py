@@ -48,20 +48,29 @@ def _sim_params(tokens: int):
     return SamplingParams(max_new_tokens=tokens, logprobs=True)
 
 
+SIM_TOKENS = 16
+"""Decode steps of an in-flight simulated generation (``--weight-sync token``), over which ``--gen-s`` is spread."""
+
+
 def run_sim(*, steps: int, gen_s: float, train_s: float, max_staleness: int | None, prompts: int = 8,
-            group_size: int = 8, weight_delay_s: float = 0.0) -> dict[str, Any]:
-    """One run: ``max_staleness=None`` is the synchronous loop, else the async machinery with that bound.
-    Returns seconds, samples, per-step staleness, drops and the (kind, index, start, end) events."""
+            group_size: int = 8, weight_delay_s: float = 0.0, weight_sync: str = "batch") -> dict[str, Any]:
+    """One run: ``max_staleness=None`` is the synchronous loop, else the async machinery with that bound;
+    ``weight_sync="token"``: the sampler decodes ``SIM_TOKENS`` steps of ``gen_s / SIM_TOKENS`` seconds and takes
+    weights published meanwhile between them. Returns seconds, samples, per-step staleness (oldest token) and mean
+    token staleness, drops and the (kind, index, start, end) events."""
     from benchmarks.simulator import SimSampler
     from rlvr.rollout import ThreadBackend, WorkerPool
-    from rlvr.trainer.staleness import Producer, StalenessGate, StalenessStats, take_fresh
+    from rlvr.trainer.staleness import Producer, StalenessGate, StalenessStats, take_fresh, token_staleness
 
     prompt_ids = [[1 + i] for i in range(prompts)]
-    params = _sim_params(4)
+    in_flight = weight_sync == "token"
+    params = _sim_params(SIM_TOKENS if in_flight else 4)
+    timing = dict(seconds_per_token=gen_s / SIM_TOKENS) if in_flight else dict(seconds_per_call=gen_s)
     events: list[tuple[str, int, float, float]] = []
+    token_age: list[float] = []
     t_start = time.monotonic()
-    with WorkerPool(ThreadBackend(lambda: SimSampler(seconds_per_call=gen_s, weight_delay_s=weight_delay_s)),
-                    1) as pool:
+    with WorkerPool(ThreadBackend(lambda: SimSampler(weight_delay_s=weight_delay_s, **timing)),
+                    1, in_flight=in_flight) as pool:
         def make(j: int) -> _Batch:
             t0 = time.monotonic()
             batch = _Batch(pool.generate(prompt_ids, params, n=group_size, seed=j))
@@ -79,6 +88,7 @@ def run_sim(*, steps: int, gen_s: float, train_s: float, max_staleness: int | No
             for step in range(steps):
                 batch = make(step)
                 staleness.append(step - batch.rollout.policy_version)
+                token_age.append(token_staleness(batch.rollout, step)["async/token_staleness_mean"])
                 learn(step)
             dropped = 0
         else:
@@ -89,6 +99,7 @@ def run_sim(*, steps: int, gen_s: float, train_s: float, max_staleness: int | No
                 for step in range(steps):
                     chunk, _ = take_fresh(producer, gate, step, stats)
                     staleness.append(step - chunk.batch.rollout.policy_version)
+                    token_age.append(token_staleness(chunk.batch.rollout, step)["async/token_staleness_mean"])
                     learn(step)
                     gate.publish(step + 1)
             finally:
@@ -96,7 +107,8 @@ def run_sim(*, steps: int, gen_s: float, train_s: float, max_staleness: int | No
             dropped = stats.dropped_samples
         seconds = time.monotonic() - t_start
     return {"seconds": seconds, "samples": steps * prompts * group_size, "staleness": staleness,
-            "dropped": dropped, "events": sorted(events, key=lambda e: e[2])}
+            "token_staleness": statistics.mean(token_age), "dropped": dropped,
+            "events": sorted(events, key=lambda e: e[2])}
 
 
 def timeline(events: list[tuple[str, int, float, float]], tick: float, width: int = 100) -> str:
@@ -122,25 +134,26 @@ def _bench_sim(args: argparse.Namespace) -> list[str]:
     lines = [f"setting sim: {args.steps} steps x {args.prompts * args.group_size} samples; generation "
              f"{args.gen_s:g} s/batch, training {args.train_s:g} s/step, weights visible to the sampler "
              f"{args.weight_delay_s:g} s after publishing; median of {args.repeats} alternating repeats", "",
-             "| trainer | max_staleness | seconds | samples/s | speed-up vs sync | staleness (value:steps) | "
-             "dropped |", "|:--|--:|--:|--:|--:|:--|--:|"]
-    variants: list[int | None] = [None, *args.staleness]
+             "| trainer | max_staleness | weight_sync | seconds | samples/s | speed-up vs sync | staleness "
+             "(value:steps) | mean token staleness | dropped |", "|:--|--:|:--|--:|--:|--:|:--|--:|--:|"]
+    variants: list[tuple[int | None, str]] = [(None, "batch")] + [(v, w) for v in args.staleness
+                                                                  for w in args.weight_sync]
     results: dict[Any, list[dict]] = {v: [] for v in variants}
     for _ in range(args.repeats):
-        for v in variants:
-            results[v].append(run_sim(steps=args.steps, gen_s=args.gen_s, train_s=args.train_s, max_staleness=v,
-                                      prompts=args.prompts, group_size=args.group_size,
-                                      weight_delay_s=args.weight_delay_s))
-    base = statistics.median(r["seconds"] for r in results[None])
-    for v in variants:
-        secs = statistics.median(r["seconds"] for r in results[v])
-        last = results[v][-1]
-        lines.append(f"| {'sync' if v is None else 'async'} | {'—' if v is None else v} | {secs:.2f} | "
+        for v, w in variants:
+            results[v, w].append(run_sim(steps=args.steps, gen_s=args.gen_s, train_s=args.train_s, max_staleness=v,
+                                         prompts=args.prompts, group_size=args.group_size,
+                                         weight_delay_s=args.weight_delay_s, weight_sync=w))
+    base = statistics.median(r["seconds"] for r in results[None, "batch"])
+    for v, w in variants:
+        secs = statistics.median(r["seconds"] for r in results[v, w])
+        last = results[v, w][-1]
+        lines.append(f"| {'sync' if v is None else 'async'} | {'—' if v is None else v} | {w} | {secs:.2f} | "
                      f"{last['samples'] / secs:.0f} | {base / secs:.2f}× | {_staleness_summary(last['staleness'])} | "
-                     f"{last['dropped']} |")
+                     f"{statistics.mean(r['token_staleness'] for r in results[v, w]):.2f} | {last['dropped']} |")
     show = 1 if 1 in args.staleness else args.staleness[0]
     tick = max(args.gen_s, args.train_s) / 4
-    for name, v in (("sync", None), (f"async, max_staleness={show}", show)):
+    for name, v in (("sync", (None, "batch")), (f"async, max_staleness={show}", (show, args.weight_sync[0]))):
         events = [e for e in results[v][-1]["events"] if e[1] < 8]
         lines += ["", f"timeline ({name}, first 8 steps):", "```", timeline(events, tick), "```"]
     return lines
@@ -154,8 +167,9 @@ def _trainer_variants(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     out = [(f"sync, {t} thread{'s' * (t > 1)}", ["trainer=sync", f"model.threads={t}"]) for t in (1, 2)]
     for backend in args.backends:
         extra = ["rollout.ray.threads_per_worker=1"] if backend == "ray" else []
-        out += [(f"async {backend}, η={s}", ["trainer=async", f"rollout.backend={backend}", "model.threads=1",
-                                            f"rollout.max_staleness={s}", *extra]) for s in args.staleness]
+        out += [(f"async {backend}, η={s}, weight_sync={w}",
+                 ["trainer=async", f"rollout.backend={backend}", "model.threads=1", f"rollout.max_staleness={s}",
+                  f"rollout.weight_sync={w}", *extra]) for s in args.staleness for w in args.weight_sync]
     return out
 
 
@@ -191,14 +205,16 @@ def _bench_trainer(args: argparse.Namespace) -> list[str]:
              f"{args.steps} steps = {samples} samples; one sync step on 1 thread: generation {gen:.3f} s, training "
              f"{train_s:.3f} s; medians over {args.repeats} alternating repeats", "",
              "| trainer | wall-clock s (incl. start-up) | steady s/step | speed-up vs sync 1 thread | "
-             "vs sync 2 threads | staleness (value:steps) | dropped |", "|:--|--:|--:|--:|--:|:--|--:|"]
+             "vs sync 2 threads | staleness (value:steps) | mean token staleness | dropped |",
+             "|:--|--:|--:|--:|--:|:--|--:|--:|"]
     for name, _ in variants:
         secs = statistics.median(s for s, _ in results[name])
         rows = results[name][-1][1]
         stale = [int(r.get("async/staleness", 0)) for r in rows]
         dropped = int(sum(r.get("async/dropped_samples", 0) for r in rows))
+        token = statistics.mean(r.get("async/token_staleness_mean", 0.0) for r in rows)
         lines.append(f"| {name} | {secs:.1f} | {steady[name]:.3f} | {s1 / steady[name]:.2f}× | "
-                     f"{s2 / steady[name]:.2f}× | {_staleness_summary(stale)} | {dropped} |")
+                     f"{s2 / steady[name]:.2f}× | {_staleness_summary(stale)} | {token:.2f} | {dropped} |")
     return lines
 
 
@@ -207,6 +223,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=None, help="learner steps (sim 16, tiny-arith 12)")
     p.add_argument("--staleness", type=int_list, default=[0, 1, 2, 4],
                    help="comma-separated max_staleness values of the async runs")
+    p.add_argument("--weight-sync", type=lambda s: s.split(","), default=["batch", "token"],
+                   help="comma-separated rollout.weight_sync values of the async runs (batch, token)")
     p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--gen-s", type=float, default=0.2, help="sim: seconds of generation per batch")
     p.add_argument("--train-s", type=float, default=0.2, help="sim: seconds of training per step")

@@ -33,6 +33,11 @@ Exact semantics (V = ``vocab_size``, M = ``params.max_new_tokens``, B = P·n row
   Before returning it sleeps ``seconds_per_call + seconds_per_token·max(lengths)`` seconds (a batched decoder takes
   one step per position of the longest row) through the injected ``sleep`` (not called when that is 0), adds
   them to ``busy_s`` and counts the call in ``calls``.
+* **In flight.** ``generate(..., refresh=f)`` decodes step by step instead: it sleeps ``seconds_per_call``, then
+  for each step t calls ``f()`` (t > 0; it may call ``load_weights``), reads the visible version v_t, draws step
+  t's tokens from ``softmax(logits(v_t))`` (same uniforms) and sleeps ``seconds_per_token``, until every row has
+  ended; ``token_versions`` holds v_t, behaviour log-probs are under ``logits(v_t)``, ``policy_version`` is the
+  oldest token's. Same total time as a call without ``refresh``.
 * **Threads.** ``load_weights`` may run in another thread during ``generate``; a lock guards the version state
   and the counters and is never held while sleeping or sampling.
 
@@ -179,10 +184,14 @@ class SimSampler:
 
     # -- generation ------------------------------------------------------------------------------
 
-    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, *, n: int, seed: int) -> Rollout:
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, *, n: int, seed: int,
+                 refresh: Callable[[], Any] | None = None) -> Rollout:
         """Sample n completions per prompt with the version visible now.   P prompts -> Rollout with B = P·n rows,
-        prompt-major; completion_ids Long[B, T], T = max(lengths); behavior_logprobs Float32[B, T] or None."""
+        prompt-major; completion_ids Long[B, T], T = max(lengths); behavior_logprobs Float32[B, T] or None.
+        With ``refresh``: step by step, the version re-read before each step (module docstring, "In flight")."""
         prompts = check_generate_args("SimSampler.generate", prompt_ids, params, n, seed, allow_empty=False)
+        if refresh is not None:
+            return self._generate_in_flight(prompts, params, n, seed, refresh)
         version = self.version
         logits = self.logits(version)                                                        # [V]
         tokens = self._sample(logits, len(prompts), params, n, seed)                        # [B, M]
@@ -208,6 +217,56 @@ class SimSampler:
             self.calls += 1
             self.busy_s += seconds
         return rollout
+
+    def _generate_in_flight(self, prompts: list[list[int]], params: SamplingParams, n: int, seed: int,
+                            refresh: Callable[[], Any]) -> Rollout:
+        B, M = len(prompts) * n, params.max_new_tokens
+        tokens = torch.full((B, M), self.eos_id, dtype=torch.long)
+        versions = torch.zeros((B, M), dtype=torch.long)
+        keys = row_keys(seed, torch.arange(len(prompts)).repeat_interleave(n), torch.arange(n).repeat(len(prompts)))
+        rows, T = torch.arange(B), 0
+        self._nap(self.seconds_per_call)
+        while len(rows) and T < M:
+            if T:
+                refresh()
+            version = self.version
+            logits = self.logits(version)
+            tok = inverse_cdf_sample(token_probs(logits[None, :], params.temperature, params.top_p)
+                                     .expand(len(rows), -1), uniforms(keys[rows], T)) \
+                if params.temperature > 0 else torch.full((len(rows),), int(logits.argmax()))
+            tokens[rows, T], versions[rows, T] = tok, version
+            rows, T = rows[tok != self.eos_id], T + 1
+            self._nap(self.seconds_per_token)
+        with self._lock:
+            self.calls += 1
+        return self._rollout(prompts, params, n, tokens[:, :T], versions[:, :T])
+
+    def _rollout(self, prompts: list[list[int]], params: SamplingParams, n: int, tokens: Tensor,
+                 versions: Tensor) -> Rollout:
+        """The Rollout of step-by-step ``tokens`` [B, T] drawn at ``versions`` [B, T]."""
+        is_eos = tokens == self.eos_id
+        stopped = is_eos.any(-1)
+        lengths = torch.where(stopped, is_eos.long().argmax(-1) + 1, tokens.shape[1])
+        mask = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
+        completion_ids = torch.where(mask, tokens, self.eos_id)
+        behavior = None
+        if params.logprobs:
+            table = torch.stack([sim_logprobs(self.logits(v)) for v in range(int(versions.max()) + 1)])  # [v, V]
+            behavior = torch.where(mask, table[versions, completion_ids], 0.0).to(torch.float32)
+        versions = torch.where(mask, versions, 0)
+        texts = ["".join(str(tok % 10) for tok in row[:k - int(s)])
+                 for row, k, s in zip(completion_ids.tolist(), lengths.tolist(), stopped.tolist())]
+        return Rollout(prompt_ids=[list(p) for p in prompts for _ in range(n)], completion_ids=completion_ids,
+                       lengths=lengths, finish_reasons=["stop" if s else "length" for s in stopped.tolist()],
+                       texts=texts, policy_version=int(versions[mask].min()) if bool(mask.any()) else 0,
+                       behavior_logprobs=behavior, token_versions=versions)
+
+    def _nap(self, seconds: float) -> None:
+        """Sleep ``seconds`` (if > 0) and count it."""
+        if seconds > 0:
+            self._sleep(seconds)
+        with self._lock:
+            self.busy_s += seconds
 
     def _sample(self, logits: Tensor, P: int, params: SamplingParams, n: int, seed: int) -> Tensor:
         """Tokens of every row and step up to the row's first EOS (eos_id after it).   logits [V] -> Long[B, M]."""

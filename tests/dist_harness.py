@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from rlvr import advantages, kl, losses
 from rlvr.models import tiny_random
 from rlvr.rewards.scoring import Scores
-from rlvr.trainer import dist
+from rlvr.trainer import dist, microbatch
 from rlvr.trainer.algorithm import Algorithm
 from rlvr.trainer.batch import Batch
 from rlvr.trainer.step import Policy, Schedule, update_policy
@@ -71,7 +71,8 @@ def make_batch(seed: int = 0, P: int = 5, G: int = 2, T: int = 9) -> Batch:
     return Batch(problems=problems, rollout=ro, scores=scores, advantages=torch.where(ro.loss_mask, adv[:, None], 0.0))
 
 
-def make_policy(world: dist.World, *, lr: float = 0.1, adam: bool = False, strategy_wrap: bool = True) -> Policy:
+def make_policy(world: dist.World, *, lr: float = 0.1, adam: bool = False, strategy_wrap: bool = True,
+                pack: bool = False) -> Policy:
     model, _ = tiny_random(0)
     model = model.to(F64).train()
     for p in model.parameters():
@@ -80,7 +81,7 @@ def make_policy(world: dist.World, *, lr: float = 0.1, adam: bool = False, strat
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3) if adam else torch.optim.SGD(params, lr=lr)
     return Policy(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), chunk_size=64,
-                  share_prompts=False, module=module, world=world)
+                  share_prompts=False, pack=pack, module=module, world=world)
 
 
 def algorithm(loss: str, aggregation: str, kl_coef: float = 0.0) -> Algorithm:
@@ -88,10 +89,12 @@ def algorithm(loss: str, aggregation: str, kl_coef: float = 0.0) -> Algorithm:
                      kl=kl.get("k3"), kl_coef=kl_coef, max_tokens=9)
 
 
-CASES = [  # (loss, aggregation, num_iterations, mini_batches)
-    ("reinforce", "token_mean", 1, 1), ("ppo_clip", "seq_mean_token_mean", 2, 2), ("reinforce", "seq_mean_token_sum", 1, 1),
-    ("ppo_clip", "seq_mean_token_sum_norm", 1, 2), ("reinforce", "group_mean_token_mean", 2, 1),
-    ("decoupled_ppo", "token_mean", 2, 1),
+CASES = [  # (loss, aggregation, num_iterations, mini_batches, max_tokens_per_micro_batch; "p20": 20, packed)
+    ("reinforce", "token_mean", 1, 1, None), ("ppo_clip", "seq_mean_token_mean", 2, 2, None),
+    ("reinforce", "seq_mean_token_sum", 1, 1, None), ("ppo_clip", "seq_mean_token_sum_norm", 1, 2, None),
+    ("reinforce", "group_mean_token_mean", 2, 1, None), ("decoupled_ppo", "token_mean", 2, 1, None),
+    ("ppo_clip", "token_mean", 2, 2, 24), ("reinforce", "group_mean_token_mean", 1, 1, 20),
+    ("ppo_clip", "seq_mean_token_mean", 2, 1, "p20"),
 ]
 
 
@@ -112,7 +115,7 @@ def _naive_normalizer(world: dist.World):
     real = _REAL_NORMALIZER
 
     def naive(mask, mode, **kw):
-        keep = dist.rank_rows(torch.arange(mask.shape[0]), world)
+        keep = microbatch.rank_rows(torch.arange(mask.shape[0]), world)
         gt = kw.pop("group_tokens", None)
         return real(mask[keep], mode, group_tokens=gt[keep] if gt is not None else None, **kw)
     return naive
@@ -123,23 +126,25 @@ def update_checks(out: str, strategy: str) -> None:
     computes on its own); then the naive per-rank normaliser on the same update."""
     world = dist.init(strategy, torch.device("cpu"))
     report = {}
-    for loss, mode, iters, minis in CASES:
-        schedule = Schedule(iters, minis, micro_batch_size=2, max_grad_norm=0.0, seed=3)
+    for loss, mode, iters, minis, tokens in CASES:
+        packed = isinstance(tokens, str)
+        schedule = Schedule(iters, minis, micro_batch_size=2, max_grad_norm=0.0, seed=3,
+                            max_tokens_per_micro_batch=int(tokens[1:]) if packed else tokens, packed=packed)
         ref = make_policy(dist.World(), strategy_wrap=False)
         m_ref = update_policy(ref, make_batch(), algorithm(loss, mode), schedule, step=0)
-        dp = make_policy(world)
+        dp = make_policy(world, pack=packed)
         m_dp = update_policy(dp, make_batch(), algorithm(loss, mode), schedule, step=0)
         w_ref, w_dp = _weights(ref), _weights(dp)
         start = _weights(make_policy(dist.World(), strategy_wrap=False))
         moved = max(float((w_ref[k] - v).abs().max()) for k, v in start.items())
         losses.loss_normalizer = _naive_normalizer(world)
         try:
-            naive = make_policy(world)
+            naive = make_policy(world, pack=packed)
             update_policy(naive, make_batch(), algorithm(loss, mode), schedule, step=0)
         finally:
             losses.loss_normalizer = _REAL_NORMALIZER
         keys = ("loss/policy", "train/grad_norm", "policy/entropy", "loss_stats/ratio")
-        report[f"{loss}/{mode}"] = {
+        report[f"{loss}/{mode}/{tokens}"] = {
             "weights": _max_diff(w_ref, w_dp), "moved": moved, "naive_weights": _max_diff(w_ref, _weights(naive)),
             "metrics": {k: [m_ref.get(k), m_dp.get(k)] for k in keys if k in m_ref},
             "skipped": [m_ref["train/skipped_steps"], m_dp["train/skipped_steps"]]}

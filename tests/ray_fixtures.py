@@ -81,3 +81,30 @@ def make_hf_sampler():
 
     model, tokenizer = tiny_random(0)
     return HFSampler(model, tokenizer)
+
+
+@dataclass
+class StepSampler:
+    """Decodes ``T`` steps of ``step_s`` seconds for every row; calls ``refresh`` (in-flight weight updates) before
+    every step after the first, and each token is the version its step ran with (also in ``token_versions``)."""
+
+    step_s: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.version = 0
+
+    def load_weights(self, version: int, weights: dict[str, torch.Tensor]) -> None:
+        self.version = version
+
+    def generate(self, prompt_ids, params, *, n, seed, refresh=None) -> Rollout:
+        B = len(prompt_ids) * n
+        tv = torch.zeros(B, T, dtype=torch.long)
+        for t in range(T):
+            if t and refresh is not None:
+                refresh()
+            tv[:, t] = self.version
+            time.sleep(self.step_s)
+        return Rollout(prompt_ids=[list(p) for p in prompt_ids for _ in range(n)], completion_ids=tv.clone(),
+                       lengths=torch.full((B,), T, dtype=torch.long), finish_reasons=["length"] * B,
+                       texts=[f"pid={os.getpid()}"] * B, policy_version=int(tv.min()),
+                       token_versions=tv if refresh is not None else None)

@@ -244,14 +244,16 @@ ASYNC = ["trainer=async", "eval.at_start=false"]
 
 
 @pytest.mark.parametrize("extra", [[], ["algo.loss=decoupled_ppo", "algo.num_iterations=2"],
-                                   ["algo.loss=asympo", "rollout.dynamic_sampling=true"]],
-                         ids=["grpo", "decoupled_ppo", "asympo-dynamic"])
+                                   ["algo.loss=asympo", "rollout.dynamic_sampling=true"],
+                                   ["algo.loss=decoupled_ppo", "rollout.weight_sync=token"]],
+                         ids=["grpo", "decoupled_ppo", "asympo-dynamic", "in-flight"])
 def test_staleness_zero_reproduces_the_synchronous_trainer_step_for_step(tmp_path, extra):
     from rlvr.trainer import async_, sync
 
     # The same torch threads in both: a matmul's rounding depends on how its reduction is split.
     one = ["model.threads=1", *extra]
-    sync.train(load_config(None, [*TINY, "steps=3", "eval.at_start=false", *one]), run_dir=tmp_path / "sync")
+    sync_extra = [x for x in one if not x.startswith("rollout.weight_sync")]   # η = 0: nothing publishes mid-call
+    sync.train(load_config(None, [*TINY, "steps=3", "eval.at_start=false", *sync_extra]), run_dir=tmp_path / "sync")
     async_.train(load_config(None, [*TINY, "steps=3", *ASYNC, "rollout.max_staleness=0", *one]),
                  run_dir=tmp_path / "async")
     a, b = read_metrics(tmp_path / "sync"), read_metrics(tmp_path / "async")

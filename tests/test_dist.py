@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import dist_harness as H
-from rlvr.trainer import dist
+from rlvr.trainer import dist, microbatch
 
 
 @pytest.fixture(scope="module", params=["fsdp2", "ddp"])
@@ -32,16 +32,16 @@ def update_report(tmp_path_factory, strategy):
 def test_rows_are_shared_by_whole_groups_and_micro_batch_counts_are_equal():
     w0, w1 = dist.World(0, 2), dist.World(1, 2)
     rows = torch.arange(10)
-    assert dist.rank_rows(rows, w0, group_size=2).tolist() == [0, 1, 2, 3]        # 2 of the 5 groups
-    assert dist.rank_rows(rows, w1, group_size=2).tolist() == [4, 5, 6, 7, 8, 9]  # the other 3
-    assert dist.rank_rows(torch.arange(7), w1).tolist() == [3, 4, 5, 6]           # rows when groups do not fit
-    m0, m1 = dist.micro_batches(rows, 2, w0, 2), dist.micro_batches(rows, 2, w1, 2)
+    assert microbatch.rank_rows(rows, w0, group_size=2).tolist() == [0, 1, 2, 3]        # 2 of the 5 groups
+    assert microbatch.rank_rows(rows, w1, group_size=2).tolist() == [4, 5, 6, 7, 8, 9]  # the other 3
+    assert microbatch.rank_rows(torch.arange(7), w1).tolist() == [3, 4, 5, 6]           # rows when groups do not fit
+    m0, m1 = microbatch.micro_batches(rows, 2, w0, 2), microbatch.micro_batches(rows, 2, w1, 2)
     assert [None if m is None else m.tolist() for m in m0] == [[0, 1], [2, 3], None]   # padded to rank 1's count
     assert [m.tolist() for m in m1] == [[4, 5], [6, 7], [8, 9]]
-    assert [m.tolist() for m in dist.micro_batches(rows, 4, dist.World())] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [m.tolist() for m in microbatch.micro_batches(rows, 4, dist.World())] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
-@pytest.mark.parametrize("case", [f"{loss}/{mode}" for loss, mode, _, _ in H.CASES])
+@pytest.mark.parametrize("case", [f"{loss}/{mode}/{tokens}" for loss, mode, _, _, tokens in H.CASES])
 def test_the_data_parallel_update_equals_the_one_process_update(update_report, case):
     r = update_report[case]
     assert r["moved"] > 1e-4                                   # the update did something
@@ -51,11 +51,11 @@ def test_the_data_parallel_update_equals_the_one_process_update(update_report, c
     assert r["skipped"] == [0.0, 0.0]
 
 
-@pytest.mark.parametrize("case", [f"{loss}/{mode}" for loss, mode, _, _ in H.CASES])
+@pytest.mark.parametrize("case", [f"{loss}/{mode}/{tokens}" for loss, mode, _, _, tokens in H.CASES])
 def test_a_per_rank_normaliser_is_caught(update_report, case):
     """The same comparison fails for the naive variant: each rank dividing by its own rows' count."""
     r = update_report[case]
-    if case.endswith("seq_mean_token_sum_norm"):   # rows × a constant: 4 vs 6 rows still differ from 10
+    if "seq_mean_token_sum_norm" in case:   # rows × a constant: 4 vs 6 rows still differ from 10
         assert r["naive_weights"] > 1e-6
     assert r["naive_weights"] > 1e3 * max(r["weights"], 1e-15)
 

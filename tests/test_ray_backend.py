@@ -300,3 +300,23 @@ def test_async_trainer_on_ray_trains_and_survives_a_killed_worker(ray_runtime, t
     assert all(r["async/staleness"] <= 1 for r in rows) and rows[-1]["policy/version"] == 4
     assert rows[-1]["rollout/worker_restarts"] >= 1
     assert ray.is_initialized()  # the trainer joined the runtime it found and left it running
+
+
+def test_in_flight_weights_reach_an_actor_in_the_middle_of_a_call(ray_runtime):
+    """``publish`` runs in the actor's "weights" concurrency group, so a ``generate`` in progress takes the new
+    version between two decode steps (``rollout.weight_sync=token``): its tokens go 0 … 0 1 … 1."""
+    backend = RayBackend(functools.partial(fx.StepSampler, step_s=0.3), num_cpus=0, threads=1)
+    with WorkerPool(backend, 1, in_flight=True, timeout_s=120) as pool:
+        assert pool.generate([[1]], PARAMS, n=1, seed=0).policy_version == 0   # the actor is up
+        box = {}
+        th = threading.Thread(target=lambda: box.setdefault("r", pool.generate([[1]], PARAMS, n=2, seed=1)))
+        th.start()
+        time.sleep(0.75)                                                      # 2-3 of the 8 steps done
+        pool.publish(1, {"w": torch.ones(1)})
+        th.join(60)
+        tv = box["r"].token_versions
+        assert tv is not None and tv[:, 0].eq(0).all() and tv[:, -1].eq(1).all()
+        assert (tv.diff(dim=1) >= 0).all()
+        assert box["r"].policy_version == 0
+        after = pool.generate([[1]], PARAMS, n=1, seed=2)
+        assert after.policy_version == 1 and after.token_versions.eq(1).all()

@@ -322,3 +322,31 @@ def test_version_validation():
             sim.load_weights(bad)
         with pytest.raises(ValueError, match="version"):
             sim.logits(bad)
+
+
+def test_in_flight_generation_draws_each_step_from_the_version_visible_then():
+    """With ``refresh``: versions switch between steps; the tokens of a step at version v are those of a plain call at
+    v (same uniforms), behaviour log-probs are under logits(v), and the slept time is the same as without refresh."""
+    ft = FakeTime()
+    s = SimSampler(seconds_per_call=0.5, seconds_per_token=0.1, clock=ft.clock, sleep=ft.sleep)
+    params = SamplingParams(temperature=1.0, max_new_tokens=6, logprobs=True)
+    steps = {"n": 0}
+
+    def refresh():
+        steps["n"] += 1
+        if steps["n"] == 2:          # before step 2
+            s.load_weights(3)
+    r = s.generate([[1], [2]], params, n=4, seed=9, refresh=refresh)
+    ref = {v: SimSampler() for v in (0, 3)}
+    ref[3].version = 3
+    plain = {v: ref[v].generate([[1], [2]], params, n=4, seed=9) for v in (0, 3)}
+    mask = r.loss_mask
+    assert torch.equal(r.token_versions, torch.where(mask & (torch.arange(r.completion_ids.shape[1]) >= 2), 3, 0))
+    assert r.policy_version == 0
+    for t in range(r.completion_ids.shape[1]):
+        v = 0 if t < 2 else 3
+        alive = mask[:, t]
+        assert torch.equal(r.completion_ids[alive, t], plain[v].completion_ids[alive, t])
+        want = sim_logprobs(s.logits(v))[r.completion_ids[alive, t]].float()
+        torch.testing.assert_close(r.behavior_logprobs[alive, t], want)
+    assert sum(ft.slept) == pytest.approx(0.5 + 0.1 * r.completion_ids.shape[1]) and s.calls == 1

@@ -1,6 +1,7 @@
 """The policy update and checkpoints: an autograd oracle, batch-layout invariance, NaN skipping, atomic writes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -49,10 +50,11 @@ def _settings(loss="reinforce", loss_kwargs=None, aggregation="token_mean", kl_c
 
 
 def update_policy(model, opt, sched, batch, settings, *, step, reference=None, log_ref_kl=False):
-    """rlvr's update on a bare model: the Policy it needs built around it (``reference`` a context manager)."""
+    """rlvr's update on a bare model: the Policy it needs built around it (``reference`` a context manager); a
+    schedule with ``packed`` set packs sequences (``model.pack_sequences``)."""
     algo, schedule = settings
     ref = Reference(model, reference) if reference is not None else None
-    policy = Policy(model, opt, sched, ref, chunk_size=64, log_ref_kl=log_ref_kl)
+    policy = Policy(model, opt, sched, ref, chunk_size=64, log_ref_kl=log_ref_kl, pack=schedule.packed)
     return step_lib.update_policy(policy, batch, algo, schedule, step=step)
 
 
@@ -320,3 +322,52 @@ def test_a_loss_that_reads_behavior_logprobs_says_so_when_the_rollout_has_none()
         update_policy(model, *_sgd(model), _batch(), _settings(loss="decoupled_ppo"), step=0)
     with pytest.raises(ValueError, match="old_logprobs=behavior"):
         update_policy(model, *_sgd(model), _batch(), _settings(loss="ppo_clip", old_logprobs="behavior"), step=0)
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm",
+                                  "group_mean_token_mean"])
+def test_a_token_budget_gives_the_update_of_the_fixed_row_split(mode):
+    """algo.max_tokens_per_micro_batch packs rows by length instead of cutting them by count, padded or packed
+    (model.pack_sequences): the same optimiser step (one normaliser over all its rows), so the same update up to
+    float rounding (fp64 here), with a π_old pass (2 iterations) and a reference pass (KL term) through the same
+    paths."""
+    results = []
+    for budget, packed in ((None, False), (14, False), (30, False), (1000, False), (None, True), (14, True),
+                           (30, True)):
+        model, _ = tiny_random(0)
+        model = model.double()
+        before = {k: v.detach().clone() for k, v in model.named_parameters()}
+        opt, sched = _sgd(model)
+        algo, schedule = _settings(micro_batch_size=3, aggregation=mode, loss="ppo_clip", num_iterations=2,
+                                   kl_coef=0.1)
+        schedule = dataclasses.replace(schedule, max_tokens_per_micro_batch=budget, packed=packed)
+        ref = _swap_context(model, tiny_random(1)[0].double())
+        update_policy(model, opt, sched, _batch(), (algo, schedule), step=0, reference=ref)
+        results.append(_delta(before, model))
+    for other in results[1:]:
+        for k in results[0]:
+            torch.testing.assert_close(other[k], results[0][k], atol=1e-13, rtol=1e-11, msg=k)
+
+
+def test_token_budget_packing_by_hand():
+    from rlvr.trainer.dist import World
+    from rlvr.trainer.microbatch import Budget, micro_batches, token_shares
+
+    lengths = torch.tensor([9, 2, 5, 5, 3, 12])
+    rows = torch.arange(6)
+    with pytest.warns(UserWarning, match="a row of 12 prompt \\+ completion tokens exceeds"):
+        plan = micro_batches(rows, Budget(rows=99, tokens=10), World(), lengths=lengths)
+    # longest first: 12 alone (over budget, warned); 9 alone (2 × 9 > 10); 5 + 5 (2 × 5); 3 + 2 (2 × 3)
+    assert [mb.tolist() for mb in plan] == [[5], [0], [2, 3], [4, 1]]
+    # two ranks, groups of 2 rows: groups (0,1)=11, (2,3)=10, (4,5)=15 -> 15 to rank 0, 11 to rank 1, 10 to rank 1
+    shares = token_shares(rows, lengths, World(0, 2), group_size=2)
+    assert [s.tolist() for s in shares] == [[4, 5], [0, 1, 2, 3]]
+    m0 = micro_batches(rows, Budget(tokens=24), World(0, 2), group_size=2, lengths=lengths)
+    m1 = micro_batches(rows, Budget(tokens=24), World(1, 2), group_size=2, lengths=lengths)
+    assert [None if m is None else m.tolist() for m in m0] == [[5, 4], None]       # padded to rank 1's count
+    assert [m.tolist() for m in m1] == [[0, 2], [3, 1]]
+    # packed: a micro-batch costs the sum of its lengths; each row into the first with room (budget 14)
+    plan = micro_batches(rows, Budget(rows=99, tokens=14, packed=True), World(), lengths=lengths)
+    assert [mb.tolist() for mb in plan] == [[5, 1], [0, 2], [3, 4]]
+    padded = micro_batches(rows, Budget(rows=99, tokens=14), World(), lengths=lengths)
+    assert [mb.tolist() for mb in padded] == [[5], [0], [2, 3], [4, 1]]

@@ -65,6 +65,11 @@ class ModelConfig:
     """Log-prob passes (training, π_old, reference) run each distinct prompt of a micro-batch through the decoder
     once and let its completions attend to its KV cache, gradients included (``logprobs.shared_prompt_hidden``);
     false runs prompt + completion per row. Same values up to float rounding."""
+    pack_sequences: bool = False
+    """Padding-free log-prob passes (training, π_old, reference): a micro-batch's sequences share one row, position
+    ids restarting per sequence and attention confined to each (``logprobs.packed_hidden`` /
+    ``packed_shared_hidden``; flash attention's varlen kernel on a GPU); a token budget
+    (``algo.max_tokens_per_micro_batch``) then counts no padding. Same values up to float rounding."""
     threads: int | None = None
     """torch CPU threads (None: torch's default; the async trainer with thread workers then takes half the
     cores, so that generation and training each run on their own half)."""
@@ -202,6 +207,11 @@ class RolloutConfig:
     prompts re-issued."""
     max_worker_restarts: int = 3
     """Restarts one generate call may spend before the run fails."""
+    weight_sync: str = "batch"
+    """Async trainer: when rollout workers take newly published weights: batch (before their next generate call)
+    or token (in flight: between two decode steps of the call in progress; each token records the version that
+    sampled it, Rollout.token_versions, and a sample's staleness is its oldest token's). Engines with
+    in_flight=True only (hf)."""
 
     def __post_init__(self) -> None:
         _positive(self, "prompts_per_step", "group_size", "max_new_tokens", "max_batch_size", "num_workers",
@@ -210,6 +220,7 @@ class RolloutConfig:
 
         _registered(self, "engine", engines.engine)
         _registered(self, "backend", backends.backend)
+        _one_of(self, "weight_sync", ("batch", "token"))
         if self.max_refill_rounds < 0 or self.max_staleness < 0 or self.max_worker_restarts < 0:
             raise ConfigError("rollout.max_refill_rounds, rollout.max_staleness and rollout.max_worker_restarts "
                               f"must be >= 0, got {self.max_refill_rounds}, {self.max_staleness}, "
@@ -258,6 +269,10 @@ class AlgoConfig:
     """Optimiser steps per pass over a batch."""
     micro_batch_size: int = 16
     """Sequences per forward/backward (gradient accumulation inside a mini-batch)."""
+    max_tokens_per_micro_batch: int | None = None
+    """Token budget per forward/backward instead of micro_batch_size rows: prompt + completion tokens of a
+    micro-batch, padding counted; rows of similar length are packed together (rlvr.trainer.microbatch); None = by
+    rows. The gradient is the same either way (one normaliser per optimiser step)."""
     old_logprobs: str = "recompute"
     """π_old of ratio losses (ppo_clip, cispo): recompute (a learner forward at the start of the step) or
     behavior (the sampler's log-probs: the ratio is taken to the behaviour policy, for stale samples).
@@ -268,6 +283,8 @@ class AlgoConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "num_iterations", "mini_batches", "micro_batch_size")
+        if self.max_tokens_per_micro_batch is not None:
+            _positive(self, "max_tokens_per_micro_batch")
         if self.kl_coef < 0:
             raise ConfigError(f"algo.kl_coef must be >= 0, got {self.kl_coef}")
         _one_of(self, "old_logprobs", ("recompute", "behavior"))
@@ -414,6 +431,13 @@ class TrainConfig:
         if engine(self.rollout.engine).async_only and self.trainer != "async":
             raise ConfigError(f"rollout.engine={self.rollout.engine} samples on rollout workers: it needs "
                               "trainer=async (rollout.max_staleness=0 is the synchronous schedule)")
+        if self.rollout.weight_sync == "token" and self.trainer != "async":
+            raise ConfigError("rollout.weight_sync=token updates the weights of rollout workers while they sample: "
+                              "it needs trainer=async (the sync trainer samples between updates)")
+        if self.rollout.weight_sync == "token" and not engine(self.rollout.engine).in_flight:
+            raise ConfigError(f"rollout.weight_sync=token: the {self.rollout.engine} engine cannot take new weights "
+                              "between decode steps (rlvr.rollout.engines: in_flight=False); use "
+                              "rollout.weight_sync=batch or rollout.engine=hf")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from rlvr.attention import checkpointing_in_training, gqa_attention
+from rlvr.attention import GQA_SDPA, checkpointing_in_training, gqa_attention
 
 _UNSUPPORTED_HEAD_CONFIG = {"final_logit_softcapping": (None,), "logit_scale": (None, 1, 1.0),
                             "logits_scaling": (None, 1, 1.0)}
@@ -146,7 +146,7 @@ def _check_head_inputs(hidden: torch.Tensor, weight: torch.Tensor, targets: torc
 
 def completion_logprobs(model: Any, prompt_ids: list[list[int]], completion_ids: torch.Tensor,
                         lengths: torch.Tensor, *, chunk_size: int = 1024, with_entropy: bool = False,
-                        share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        share_prompts: bool = True, pack: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(completion[b, t] | prompt[b], completion[b, :t]) for t < lengths[b]; exactly 0 elsewhere.
 
     model: a Hugging Face causal LM, or a PEFT model wrapping one (the LoRA layers sit inside the decoder
@@ -159,6 +159,9 @@ def completion_logprobs(model: Any, prompt_ids: list[list[int]], completion_ids:
         row flows back through the shared cache. The values are those of the unshared path up to float
         rounding. Falls back to the unshared path when every prompt is distinct, under gradient
         checkpointing, or for caches that are not plain ``DynamicLayer``s (sliding windows).
+    pack: padding-free: the sequences share one row, position ids restarting at each one and attention kept
+        within it (``packed_shared_hidden`` with shared prompts, else ``packed_hidden``); no position is spent on
+        padding. Same values as the padded path up to float rounding.
     Returns (logprobs, entropy or None), each Float32[B, T] (float64 for a float64 model), on the model's
     device. Unshared, the decoder runs on right-padded rows prompt + completion[:length] with an attention
     mask; the hidden state at position len(prompt) − 1 + t predicts completion token t. Gradients flow to
@@ -171,15 +174,9 @@ def completion_logprobs(model: Any, prompt_ids: list[list[int]], completion_ids:
     completion_ids = completion_ids.to(device)
     t = torch.arange(T, device=device)
     rows, cols = (t[None, :] < lengths[:, None]).nonzero(as_tuple=True)      # [N] each, row-major
-    unique, row_prompt = prompt_groups(prompt_ids) if share_prompts else (prompt_ids, [])
     with gqa_attention(decoder):
-        if len(unique) < B and can_share_prompts(decoder):
-            hidden = shared_prompt_hidden(decoder, unique, row_prompt, completion_ids, lengths)  # [B, 1 + T', H]
-            selected = hidden[rows, cols]
-        else:
-            input_ids, attention_mask, prompt_lens = pack_rows(prompt_ids, completion_ids, lengths, device)
-            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-            selected = hidden[rows, prompt_lens[rows] - 1 + cols]
+        selected = selected_hidden(decoder, prompt_ids, completion_ids, lengths, rows, cols,
+                                   share_prompts=share_prompts, pack=pack)                # [N, H]
     lp, ent = selective_log_softmax(selected, head.weight, completion_ids[rows, cols],
                                     bias=head.bias, chunk_size=chunk_size, with_entropy=with_entropy)
     flat = rows * T + cols
@@ -189,6 +186,24 @@ def completion_logprobs(model: Any, prompt_ids: list[list[int]], completion_ids:
     if with_entropy:
         entropy = torch.zeros(B * T, dtype=out_dtype, device=device).index_put((flat,), ent).view(B, T)
     return logprobs, entropy
+
+
+def selected_hidden(decoder: torch.nn.Module, prompt_ids: list[list[int]], completion_ids: torch.Tensor,
+                    lengths: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, *, share_prompts: bool,
+                    pack: bool) -> torch.Tensor:
+    """[N, H]: the final hidden state that predicts completion token ``cols[n]`` of row ``rows[n]``, by the path
+    ``completion_logprobs`` describes (shared prompts and/or packing where they apply, else padded rows)."""
+    unique, row_prompt = prompt_groups(prompt_ids) if share_prompts else (prompt_ids, [])
+    shared = len(unique) < len(prompt_ids) and can_share_prompts(decoder)
+    if pack and shared and can_mask(decoder):
+        return packed_shared_hidden(decoder, unique, row_prompt, completion_ids, lengths)
+    if pack:
+        return packed_hidden(decoder, prompt_ids, completion_ids, lengths)
+    if shared:
+        return shared_prompt_hidden(decoder, unique, row_prompt, completion_ids, lengths)[rows, cols]
+    input_ids, attention_mask, prompt_lens = pack_rows(prompt_ids, completion_ids, lengths, completion_ids.device)
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return hidden[rows, prompt_lens[rows] - 1 + cols]
 
 
 def prompt_groups(prompt_ids: list[list[int]]) -> tuple[list[list[int]], list[int]]:
@@ -251,6 +266,88 @@ def shared_prompt_hidden(decoder: torch.nn.Module, unique: list[list[int]], row_
     h_comp = decoder(input_ids=comp_ids, attention_mask=comp_mask, position_ids=lens[rp][:, None] + t[None, :],
                      past_key_values=cache, use_cache=True).last_hidden_state              # [B, Tc, H]
     return torch.cat([first, h_comp], dim=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Padding-free packing
+# ----------------------------------------------------------------------------------------------
+
+_MASKABLE = ("sdpa", GQA_SDPA, "eager")
+"""Attention implementations that take a custom 4D mask [1, 1, q, k] (bool for SDPA, additive for eager)."""
+
+
+def can_mask(decoder: torch.nn.Module) -> bool:
+    """Whether the decoder's attention takes the custom 4D masks of ``packed_shared_hidden`` (SDPA or eager; not
+    flash-attention's varlen kernels, which take only sequence boundaries)."""
+    return getattr(decoder.config, "_attn_implementation", None) in _MASKABLE
+
+
+def packed_hidden(decoder: torch.nn.Module, prompt_ids: list[list[int]], completion_ids: torch.Tensor,
+                  lengths: torch.Tensor) -> torch.Tensor:
+    """[N, H], row-major over (row b, token t < lengths[b]): one decoder pass over a single row holding every
+    sequence prompt[b] + completion[b, :lengths[b] − 1] back to back, position ids restarting at 0 for each.
+
+    With no attention mask and restarting position ids, transformers finds the sequence boundaries itself
+    (``masking_utils.find_packed_sequence_indices``): SDPA and eager get a block-diagonal causal mask, flash
+    attention its varlen kernel (``cu_seqlens``), so no token attends across sequences and none is padding. The
+    hidden state at offset len(prompt[b]) − 1 + t of sequence b predicts completion token t.
+    """
+    device = completion_ids.device
+    ids, pos, select, start = [], [], [], 0
+    for b, (prompt, n) in enumerate(zip(prompt_ids, lengths.tolist())):
+        seq = torch.cat([torch.as_tensor(prompt, dtype=torch.long, device=device), completion_ids[b, :max(n - 1, 0)]])
+        ids.append(seq)
+        pos.append(torch.arange(len(seq), device=device))
+        select.append(start + len(prompt) - 1 + torch.arange(n, device=device))
+        start += len(seq)
+    hidden = decoder(input_ids=torch.cat(ids)[None], position_ids=torch.cat(pos)[None], attention_mask=None,
+                     use_cache=False).last_hidden_state[0]                                 # [L, H]
+    return hidden[torch.cat(select)]
+
+
+def packed_shared_hidden(decoder: torch.nn.Module, unique: list[list[int]], row_prompt: list[int],
+                         completion_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[N, H], row-major over (row b, token t < lengths[b]): ``shared_prompt_hidden`` without padding.
+
+    Pass 1: the U distinct prompts back to back in one row (positions restarting, each attending causally within
+    itself) fill a KV cache. Pass 2: every row's completion[:lengths − 1] back to back in one row, at positions
+    len(prompt) + t, each token attending to its own prompt's keys and causally to its own completion's. Token 0
+    of a row is predicted by its prompt's last hidden state, token t ≥ 1 by completion token t − 1's.
+    """
+    from transformers import DynamicCache
+
+    device = completion_ids.device
+    plen = torch.tensor([len(p) for p in unique], dtype=torch.long, device=device)          # [U]
+    seg = torch.repeat_interleave(torch.arange(len(unique), device=device), plen)           # [ΣP] prompt of each key
+    ppos = torch.cat([torch.arange(n, device=device) for n in plen.tolist()])               # [ΣP]
+    ids = torch.cat([torch.as_tensor(p, dtype=torch.long, device=device) for p in unique])
+    causal_p = (seg[:, None] == seg[None, :]) & (ppos[None, :] <= ppos[:, None])
+    cache = DynamicCache(config=decoder.config)
+    h_prompt = decoder(input_ids=ids[None], position_ids=ppos[None], attention_mask=_mask4d(decoder, causal_p),
+                       past_key_values=cache, use_cache=True).last_hidden_state[0]         # [ΣP, H]
+    rp = torch.as_tensor(row_prompt, dtype=torch.long, device=device)                     # [B]
+    first = h_prompt[(torch.cumsum(plen, 0) - 1)[rp]]                                      # [B, H]
+    t = torch.arange(completion_ids.shape[1], device=device)
+    crow, ct = (t[None, :] < lengths[:, None] - 1).nonzero(as_tuple=True)                  # [C] each, row-major
+    if len(crow):
+        allowed = torch.cat([seg[None, :] == rp[crow][:, None],
+                             (crow[None, :] == crow[:, None]) & (ct[None, :] <= ct[:, None])], dim=1)
+        h_comp = decoder(input_ids=completion_ids[crow, ct][None], position_ids=(plen[rp[crow]] + ct)[None],
+                         attention_mask=_mask4d(decoder, allowed), past_key_values=cache,
+                         use_cache=True).last_hidden_state[0]                              # [C, H]
+        first = torch.cat([first, h_comp])
+    rows, cols = (t[None, :] < lengths[:, None]).nonzero(as_tuple=True)
+    before = torch.cumsum((lengths - 1).clamp(min=0), 0) - (lengths - 1).clamp(min=0)      # [B] first index in C
+    return first[torch.where(cols == 0, rows, len(rp) + before[rows] + cols - 1)]
+
+
+def _mask4d(decoder: torch.nn.Module, allowed: torch.Tensor) -> torch.Tensor:
+    """[1, 1, q, k] from a bool [q, k] (True: may attend): bool for SDPA, additive (0 / dtype min) for eager."""
+    if decoder.config._attn_implementation != "eager":
+        return allowed[None, None]
+    dtype = next(decoder.parameters()).dtype
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min)[None, None]
 
 
 def decoder_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Linear]:

@@ -54,11 +54,15 @@ class Rollout:
     lengths:        Long[B], tokens that count (an EOS that ended the row is included).
     finish_reasons: "stop" (EOS or stop string) or "length" (hit max_new_tokens), one per row.
     texts:          decoded completions (special tokens skipped).
-    policy_version: version of the weights that sampled them (the oldest, when workers sampled shards).
+    policy_version: version of the weights that sampled them: the oldest, when workers sampled shards or weights
+                    changed during sampling (then it is the oldest token's version).
     behavior_logprobs: Float32[B, T] or None: log π_b(token) of each sampled token under the weights that
                     sampled it, at temperature 1 and without top-p (the same quantity the learner computes,
                     so π_θ/π_b measures policy drift only); 0 at or after ``lengths[b]``. Returned when
                     ``SamplingParams.logprobs`` is set.
+    token_versions: Long[B, T] or None: the version of the weights that sampled each token, when weights may
+                    change between decode steps (``rollout.weight_sync=token``); 0 at or after ``lengths[b]``.
+                    None: every token has ``policy_version``.
     """
 
     prompt_ids: list[list[int]]
@@ -68,6 +72,7 @@ class Rollout:
     texts: list[str]
     policy_version: int = 0
     behavior_logprobs: torch.Tensor | None = None
+    token_versions: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         B = len(self.prompt_ids)
@@ -85,6 +90,19 @@ class Rollout:
             raise ValueError(f"behavior_logprobs must be a float tensor of shape "
                              f"{tuple(self.completion_ids.shape)} (as completion_ids), got "
                              f"{tuple(blp.shape) if isinstance(blp, torch.Tensor) else type(blp).__name__}")
+        tv = self.token_versions
+        if tv is not None and (not isinstance(tv, torch.Tensor) or tv.dtype != torch.long
+                               or tv.shape != self.completion_ids.shape):
+            raise ValueError(f"token_versions must be a Long tensor of shape {tuple(self.completion_ids.shape)} (as "
+                             f"completion_ids), got "
+                             f"{f'{tv.dtype}{list(tv.shape)}' if isinstance(tv, torch.Tensor) else type(tv).__name__}")
+
+    def versions(self) -> torch.Tensor:
+        """Long[B, T]: each token's sampling version (``token_versions``, else ``policy_version`` everywhere);
+        0 at or after ``lengths[b]``."""
+        if self.token_versions is not None:
+            return self.token_versions
+        return torch.where(self.loss_mask, self.policy_version, 0).long()
 
     @property
     def loss_mask(self) -> torch.Tensor:

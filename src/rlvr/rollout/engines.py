@@ -37,12 +37,15 @@ class Engine:
         names (an engine that holds full weights, e.g. vLLM), instead of the learner's trainable parameters.
     async_only: the engine samples only on rollout workers, so it needs ``trainer=async`` (the learner's own
         sampler, which the sync loop trains with and both loops evaluate with, stays HFSampler).
+    in_flight: the sampler's ``generate`` takes ``refresh`` (called between decode steps, it may load newer
+        weights) and then reports ``Rollout.token_versions``: what ``rollout.weight_sync=token`` needs.
     """
 
     name: str
     fn: Callable[..., Any]
     full_weights: bool = False
     async_only: bool = False
+    in_flight: bool = False
 
 
 _REGISTRY: Registry[Engine] = Registry("sampler engine", Engine, decorator="rlvr.rollout.engines.register")
@@ -55,7 +58,7 @@ def names() -> list[str]:
     return _REGISTRY.names()
 
 
-@register("hf")
+@register("hf", in_flight=True)
 def hf_engine(cfg: TrainConfig, policy: Callable[[], tuple[Any, Any]]) -> Any:
     """HFSampler on the learner's initial model (the same trainable parameters, so ``load_weights`` matches
     them by name); CPU or GPU."""

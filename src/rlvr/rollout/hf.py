@@ -43,14 +43,19 @@ the draw itself is untouched, so tokens are bit-identical with and without it. C
 49k vocabulary on one core, below the timing noise of generation on tiny-random and SmolLM2-135M; nothing when off.
 
 Weights: ``HFSampler.load_weights(version, state)`` copies a learner's trainable state (``trainable_state_dict``) into
-the sampler's model; it is how a rollout worker takes the learner's newest weights.
+the sampler's model; it is how a rollout worker takes the learner's newest weights. In-flight updates
+(``generate(..., refresh=f)``, ``rollout.weight_sync=token``): ``f()`` runs before every forward pass after the first
+(between decode steps, and before each later prompt batch's prefill) and may call ``load_weights``; the next
+token is then drawn from the new weights over a KV cache the older ones computed (as PipelineRL, arXiv 2509.19128,
+does), and each token records the version of the forward that produced its logits (``Rollout.token_versions``);
+behaviour log-probs come from the same logits, so they stay token-aligned.
 """
 from __future__ import annotations
 
 import contextlib
 import inspect
 import numbers
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -391,31 +396,41 @@ class HFSampler:
 
     # -- public ----------------------------------------------------------------------------------
 
-    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, *, n: int, seed: int) -> Rollout:
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, *, n: int, seed: int,
+                 refresh: Callable[[], Any] | None = None) -> Rollout:
         """Sample n completions per prompt.   P prompts -> Rollout with B = P·n rows, prompt-major.
 
         Deterministic in ``seed``; row (i, j) depends only on (model, prompt i, params, seed, i, j) up to the
         floating-point rounding of batched forwards (see the module docstring). Runs under inference_mode.
+        refresh: called between decode steps; it may load newer weights (in-flight updates, module docstring),
+        and the rollout then has ``token_versions`` and the oldest token's ``policy_version``.
         """
         prompts = check_generate_args("HFSampler.generate", prompt_ids, params, n, seed, vocab_size=self.vocab_size)
         device = next(self.model.parameters()).device
-        B = len(prompts) * n
+        B, start = len(prompts) * n, self.version
         out = torch.full((B, params.max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
         lengths = torch.full((B,), params.max_new_tokens, dtype=torch.long, device=device)
         stopped = torch.zeros(B, dtype=torch.bool, device=device)
         blp = torch.zeros((B, params.max_new_tokens), dtype=torch.float32, device=device) if params.logprobs else None
+        tv = torch.zeros((B, params.max_new_tokens), dtype=torch.long, device=device) if refresh else None
         with torch.inference_mode(), _eval_mode(self.model), _gqa_attention(self.model):
-            for plan in plan_batches([len(p) for p in prompts], n, self.max_batch_size):
-                self._decode_batch(prompts, plan, n, params, seed, out, lengths, stopped, blp)
+            for k, plan in enumerate(plan_batches([len(p) for p in prompts], n, self.max_batch_size)):
+                if k and refresh is not None:
+                    refresh()
+                self._decode_batch(prompts, plan, n, params, seed, out, lengths, stopped, blp, tv, refresh)
         out, lengths = out.cpu(), lengths.cpu()
         T = int(lengths.max()) if B else 0
         completion_ids = out[:, :T].clone()
         behavior_logprobs = blp[:, :T].cpu().clone() if blp is not None else None
+        token_versions = tv[:, :T].cpu().clone() if tv is not None else None
+        valid = torch.arange(T)[None, :] < lengths[:, None]
+        oldest = int(token_versions[valid].min()) if token_versions is not None and bool(valid.any()) else start
         texts = self.tokenizer.batch_decode([row[:k].tolist() for row, k in zip(completion_ids, lengths.tolist())],
                                             skip_special_tokens=True) if B else []
         return Rollout(prompt_ids=[list(p) for p in prompts for _ in range(n)], completion_ids=completion_ids,
                        lengths=lengths, finish_reasons=["stop" if s else "length" for s in stopped.tolist()],
-                       texts=list(texts), policy_version=self.version, behavior_logprobs=behavior_logprobs)
+                       texts=list(texts), policy_version=oldest, behavior_logprobs=behavior_logprobs,
+                       token_versions=token_versions)
 
     def load_weights(self, version: int, weights: dict[str, Tensor]) -> None:
         """Take new weights: copy ``weights`` into the model's trainable parameters, then set ``self.version``.
@@ -457,9 +472,10 @@ class HFSampler:
 
     def _decode_batch(self, prompts: list[list[int]], plan: list[tuple[int, int, int]], n: int,
                       params: SamplingParams, seed: int, out: Tensor, lengths: Tensor, stopped: Tensor,
-                      blp: Tensor | None) -> None:
+                      blp: Tensor | None, tv: Tensor | None = None, refresh: Callable[[], Any] | None = None) -> None:
         """Generate the rows of one planned batch, writing tokens into ``out``, ends into ``lengths``/``stopped`` and,
-        when ``blp`` (Float32[B, max_new_tokens]) is given, each token's behaviour log-prob into it."""
+        when ``blp`` (Float32[B, max_new_tokens]) is given, each token's behaviour log-prob into it; ``tv`` gets each
+        token's weights version; ``refresh`` runs before every decode forward."""
         device = out.device
         prompt_idx = torch.tensor([i for i, j0, c in plan for _ in range(c)], device=device)
         sample_idx = torch.tensor([j for _, j0, c in plan for j in range(j0, j0 + c)], device=device)
@@ -467,10 +483,13 @@ class HFSampler:
         keys = row_keys(seed, prompt_idx, sample_idx)
         eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=device)
         logits, mask, cache = self._prefill(prompts, plan, device)
+        version = self.version                                               # of the weights behind ``logits``
         next_pos = mask.sum(-1)                                              # [b] position of the next token
         alive = torch.ones(len(rows), dtype=torch.bool, device=device)
         for t in range(params.max_new_tokens):
             tok = _next_tokens(logits, params, keys, t)                      # [b]
+            if tv is not None:
+                tv[rows[alive], t] = version
             alive = alive & ~self._record(tok, rows, alive, t, eos, params, out, lengths, stopped, logits, blp)
             if t + 1 == params.max_new_tokens or not bool(alive.any()):
                 return
@@ -479,8 +498,10 @@ class HFSampler:
                 cache.batch_select_indices(keep)
                 rows, keys, mask, next_pos, tok, alive = (x[keep] for x in (rows, keys, mask, next_pos, tok, alive))
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+            if refresh is not None:
+                refresh()                                                    # may load newer weights
             logits = self._forward(tok[:, None], mask, next_pos[:, None], cache)
-            next_pos = next_pos + 1
+            version, next_pos = self.version, next_pos + 1
 
     def _record(self, tok: Tensor, rows: Tensor, alive: Tensor, t: int, eos: Tensor, params: SamplingParams,
                 out: Tensor, lengths: Tensor, stopped: Tensor, logits: Tensor, blp: Tensor | None) -> Tensor:

@@ -8,7 +8,10 @@ with) or a Ray actor (``rlvr.rollout.ray_backend.RayBackend``). The pool itself 
    (``Backend.put_weights``: the dict itself for threads, one object-store entry for Ray); every later call tells
    its worker the newest (version, handle), and the worker loads them before sampling when they are newer than its
    own (``RolloutWorker.generate``). A rollout carries the version it was sampled with; with shards on several
-   workers, the oldest.
+   workers, the oldest. In-flight (``WorkerPool(in_flight=True)``, ``rollout.weight_sync=token``): ``publish`` also
+   hands the new (version, handle) to every worker at once (``WorkerHandle.publish``), and a worker busy
+   generating loads it between two decode steps (``RolloutWorker.refresh``); each token then records its version
+   (``Rollout.token_versions``) and the rollout's version is its oldest token's.
 2. ``generate`` splits the prompts into contiguous shards, one per worker (one worker: the call is passed on
    unchanged, seed included, so a pool of one reproduces the bare sampler exactly; with W > 1 shard k samples with
    seed ``derive_seed(seed, "shard", k)``), waits for every shard, and concatenates them in prompt order.
@@ -51,11 +54,33 @@ class RolloutWorker:
     def __init__(self, make_sampler: Callable[[], Any], resolve: Callable[[Any], Any] = lambda w: w) -> None:
         self.sampler = make_sampler()
         self.resolve = resolve
+        self.in_flight = False
+        self._latest: tuple[int, Any] = (0, None)
+        self._lock = threading.Lock()
+
+    def publish(self, version: int, weights: Any) -> None:
+        """Newer weights, possibly while ``generate`` runs in another thread: from now on this worker samples
+        in flight (its sampler's ``generate`` gets ``refresh``, which loads them between decode steps)."""
+        with self._lock:
+            self.in_flight = True
+            if version > self._latest[0]:
+                self._latest = (version, weights)
+
+    def refresh(self) -> None:
+        """Load the newest weights offered (by a call or ``publish``) if they are newer than the sampler's."""
+        with self._lock:
+            version, weights = self._latest
+        if weights is not None and version > self.sampler.version:
+            self.sampler.load_weights(version, self.resolve(weights))
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, n: int, seed: int,
                  version: int, weights: Any) -> Rollout:
-        if weights is not None and version > self.sampler.version:
-            self.sampler.load_weights(version, self.resolve(weights))
+        with self._lock:
+            if version > self._latest[0]:
+                self._latest = (version, weights)
+        self.refresh()
+        if self.in_flight:
+            return self.sampler.generate(prompt_ids, params, n=n, seed=seed, refresh=self.refresh)
         return self.sampler.generate(prompt_ids, params, n=n, seed=seed)
 
 
@@ -69,6 +94,10 @@ class WorkerHandle(Protocol):
 
     def kill(self) -> None:
         """Stop the worker now (a hung one included); its pending futures may never complete."""
+        ...
+
+    def publish(self, version: int, weights: Any) -> None:
+        """Hand newer weights to the worker now, even mid-call (``RolloutWorker.publish``; in-flight pools only)."""
         ...
 
 
@@ -103,6 +132,7 @@ class _ThreadWorker:
         self._cv = threading.Condition()
         self._killed = False
         self._worker: RolloutWorker | None = None
+        self._offer: tuple[int, Any] | None = None
         self._init_error: BaseException | None = None
         self._make_sampler = make_sampler
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -110,7 +140,11 @@ class _ThreadWorker:
 
     def _run(self) -> None:
         try:
-            self._worker = RolloutWorker(self._make_sampler)
+            worker = RolloutWorker(self._make_sampler)
+            with self._cv:
+                self._worker, offer = worker, self._offer
+            if offer is not None:                  # published while the sampler was being built
+                worker.publish(*offer)
         except BaseException as e:  # noqa: BLE001 - reported through the calls' futures, queued ones included
             with self._cv:
                 self._init_error = e
@@ -132,6 +166,13 @@ class _ThreadWorker:
                 fut.set_result(self._worker.generate(*args))
             except BaseException as e:  # noqa: BLE001 - the pool decides what a failure means
                 fut.set_exception(e)
+
+    def publish(self, version: int, weights: Any) -> None:
+        with self._cv:
+            self._offer = (version, weights)
+            worker = self._worker
+        if worker is not None:
+            worker.publish(version, weights)
 
     def submit(self, prompt_ids, params, n, seed, version, weights) -> cf.Future:
         fut: cf.Future = cf.Future()
@@ -194,7 +235,7 @@ def shard_bounds(P: int, W: int) -> list[tuple[int, int]]:
 
 def concat_rollouts(parts: list[Rollout]) -> Rollout:
     """One Rollout of the parts' rows in order, right-padded to the longest; policy_version is the oldest;
-    behaviour log-probs are kept only when every part has them."""
+    behaviour log-probs are kept only when every part has them; token versions when any part has them."""
     if not parts:
         raise ValueError("concat_rollouts: no parts")
     if len(parts) == 1:
@@ -205,12 +246,14 @@ def concat_rollouts(parts: list[Rollout]) -> Rollout:
     if all(p.behavior_logprobs is not None for p in parts):
         blp = torch.cat([pad(p.behavior_logprobs, 0.0) for p in parts])
     fill = lambda p: int(p.completion_ids[0, -1]) if p.completion_ids.numel() else 0  # noqa: E731
+    tv = torch.cat([pad(p.versions(), 0) for p in parts]) if any(p.token_versions is not None for p in parts) \
+        else None
     return Rollout(prompt_ids=[x for p in parts for x in p.prompt_ids],
                    completion_ids=torch.cat([pad(p.completion_ids, fill(p)) for p in parts]),
                    lengths=torch.cat([p.lengths for p in parts]),
                    finish_reasons=[x for p in parts for x in p.finish_reasons],
                    texts=[x for p in parts for x in p.texts],
-                   policy_version=min(p.policy_version for p in parts), behavior_logprobs=blp)
+                   policy_version=min(p.policy_version for p in parts), behavior_logprobs=blp, token_versions=tv)
 
 
 @dataclass
@@ -224,12 +267,13 @@ class WorkerPool:
     """A Sampler whose calls run on rollout workers (see the module docstring).
 
     ``version`` is the newest published version (the one a call asks its workers to sample with);
-    each Rollout reports the version actually used. ``publish`` may be called from another thread
+    each Rollout reports the version actually used. ``in_flight``: ``publish`` reaches workers mid-call too
+    (module docstring, point 1). ``publish`` may be called from another thread
     than ``generate``. Use as a context manager or call ``close()``.
     """
 
     def __init__(self, backend: Backend, num_workers: int = 1, *, timeout_s: float = 600.0,
-                 max_restarts: int = 3) -> None:
+                 max_restarts: int = 3, in_flight: bool = False) -> None:
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"WorkerPool: num_workers must be a positive int, got {num_workers!r}")
         if not timeout_s > 0 or max_restarts < 0:
@@ -238,9 +282,10 @@ class WorkerPool:
         self.timeout_s = float(timeout_s)
         self.max_restarts = max_restarts
         self.stats = _Stats()
+        self.in_flight = in_flight
         self._lock = threading.Lock()
         self._weights: tuple[int, Any] = (0, None)
-        self._workers = [backend.start_worker(i) for i in range(num_workers)]
+        self._workers = [self._start(i) for i in range(num_workers)]
 
     @property
     def num_workers(self) -> int:
@@ -256,7 +301,10 @@ class WorkerPool:
             if version < self._weights[0]:
                 raise ValueError(f"WorkerPool.publish: version {version} is older than the published "
                                  f"{self._weights[0]}")
-            self._weights = (version, self.backend.put_weights(version, weights))
+            self._weights = latest = (version, self.backend.put_weights(version, weights))
+            workers = list(self._workers) if self.in_flight else []
+        for w in workers:                              # in flight: busy workers take them between decode steps
+            w.publish(*latest)
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, *, n: int, seed: int) -> Rollout:
         bounds = shard_bounds(len(prompt_ids), self.num_workers)
@@ -301,8 +349,15 @@ class WorkerPool:
 
     def _restart(self, k: int) -> None:
         self._workers[k].kill()
-        self._workers[k] = self.backend.start_worker(k)
+        self._workers[k] = self._start(k)
         self.stats.restarts += 1
+
+    def _start(self, k: int) -> WorkerHandle:
+        """A fresh worker for slot ``k``; an in-flight pool tells it so at once (with the newest weights)."""
+        worker = self.backend.start_worker(k)
+        if self.in_flight:
+            worker.publish(*self._weights)
+        return worker
 
     def close(self) -> None:
         for w in self._workers:

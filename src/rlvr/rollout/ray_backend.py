@@ -49,7 +49,8 @@ https://docs.ray.io/en/master/ray-core/internals/token-authentication.html; ray-
   start (Ray itself leaves ``RAY_AUTH_MODE=token`` behind) and clears Ray's cached config and token, so a later
   ``ray.init`` in this process does not reuse the old token.
 
-Workers: each slot is an actor of ``ray.remote(num_cpus=num_cpus)`` (one call at a time) that builds
+Workers: each slot is an actor of ``ray.remote(num_cpus=num_cpus)`` (one ``generate`` at a time; ``publish``, for
+in-flight weight updates, runs in its own concurrency group, so it reaches a ``generate`` in progress) that builds
 ``RolloutWorker(make_sampler, resolve=ray.get)`` in its process; with ``threads`` it first calls
 ``torch.set_num_threads(threads)``. ``make_sampler`` is sent to the actor with Ray's cloudpickle: a module-level
 function, ``functools.partial`` or small dataclass with ``__call__`` is pickled by reference, so its module must
@@ -121,6 +122,11 @@ class _RolloutActor:
     def generate(self, prompt_ids, params, n, seed, version, weights):
         return self.worker.generate(prompt_ids, params, n, seed, version, weights)
 
+    @ray.method(concurrency_group="weights")
+    def publish(self, version, weights):
+        """Runs on its own thread (concurrency group "weights"), so it reaches a ``generate`` in progress."""
+        self.worker.publish(version, weights)
+
 
 class RayWorkerHandle:
     """The pool's handle on one worker actor."""
@@ -144,6 +150,13 @@ class RayWorkerHandle:
                 return fut
             self._started = True
         return self.actor.generate.remote(prompt_ids, params, n, seed, version, weights).future()
+
+    def publish(self, version: int, weights: Any) -> None:
+        """Newer weights to the actor now (not awaited; a dead actor is the next call's failure)."""
+        try:
+            self.actor.publish.remote(version, weights)
+        except Exception:  # noqa: BLE001 - a dead actor: its next submit reports the failure
+            pass
 
     def kill(self) -> None:
         try:
@@ -182,7 +195,8 @@ class RayBackend:
         self._handles: list[RayWorkerHandle] = []
         if not ray.is_initialized():
             self._init_ray(address, dict(init_kwargs or {}))
-        self._actor_cls = ray.remote(num_cpus=num_cpus, max_restarts=0, max_concurrency=1)(_RolloutActor)
+        self._actor_cls = ray.remote(num_cpus=num_cpus, max_restarts=0, max_concurrency=1,
+                                     concurrency_groups={"weights": 1})(_RolloutActor)
 
     def _init_ray(self, address: str | None, kwargs: dict) -> None:
         saved = {k: os.environ.get(k) for k in _AUTH_ENV}

@@ -37,7 +37,7 @@ from rlvr.rollout.pool import WorkerPool
 from rlvr.trainer import build
 from rlvr.trainer.checkpoint import TrainState
 from rlvr.trainer.run import Run, RunSummary, step_metrics
-from rlvr.trainer.staleness import Producer, StalenessGate, StalenessStats, take_fresh
+from rlvr.trainer.staleness import Producer, StalenessGate, StalenessStats, take_fresh, token_staleness
 from rlvr.trainer.dist import broadcast_object
 from rlvr.trainer.sync import make_batch, sample, update
 
@@ -48,7 +48,8 @@ def worker_pool(cfg: TrainConfig) -> WorkerPool:
     """The rollout workers the config asks for, each with a sampler built from the config alone."""
     r = cfg.rollout
     backend = make_backend(r.backend, build.SamplerFactory(cfg), r)
-    return WorkerPool(backend, r.num_workers, timeout_s=r.worker_timeout_s, max_restarts=r.max_worker_restarts)
+    return WorkerPool(backend, r.num_workers, timeout_s=r.worker_timeout_s, max_restarts=r.max_worker_restarts,
+                      in_flight=r.weight_sync == "token")
 
 
 @contextmanager
@@ -91,7 +92,9 @@ class Rollouts:
         self.gate.publish(self.run.version)
 
     def metrics(self, chunk: Any, staleness: int, dropped: int, waited: float) -> dict[str, float]:
-        return {**self.stats.metrics(staleness, chunk.batch.rollout.lengths.shape[0], dropped, waited),
+        ro = chunk.batch.rollout
+        return {**self.stats.metrics(staleness, ro.lengths.shape[0], dropped, waited),
+                **token_staleness(ro, ro.policy_version + staleness),
                 "async/ready_chunks": float(self.producer.ready()),
                 "rollout/worker_restarts": float(self.workers.stats.restarts),
                 "rollout/reissued_prompts": float(self.workers.stats.reissued_prompts)}

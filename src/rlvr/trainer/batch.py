@@ -91,17 +91,28 @@ def _select_rows(rows: list[tuple[Rollout, int]]) -> Rollout:
     ids = torch.zeros(len(rows), T, dtype=torch.long)
     with_behavior = all(ro.behavior_logprobs is not None for ro, _ in rows)
     behavior = torch.zeros(len(rows), T) if with_behavior else None
+    versions = torch.zeros(len(rows), T, dtype=torch.long) if any(ro.token_versions is not None for ro, _ in rows) \
+        else None
     for b, (ro, i) in enumerate(rows):
         w = min(T, ro.completion_ids.shape[1])
         ids[b, :w] = ro.completion_ids[i, :w].cpu()
         if with_behavior:
             behavior[b, :w] = ro.behavior_logprobs[i, :w].cpu()
+        if versions is not None:
+            versions[b, :w] = ro.versions()[i, :w].cpu()
+    lengths = torch.stack([ro.lengths[i].cpu() for ro, i in rows])
     return Rollout(
-        prompt_ids=[ro.prompt_ids[i] for ro, i in rows], completion_ids=ids,
-        lengths=torch.stack([ro.lengths[i].cpu() for ro, i in rows]),
+        prompt_ids=[ro.prompt_ids[i] for ro, i in rows], completion_ids=ids, lengths=lengths,
         finish_reasons=[ro.finish_reasons[i] for ro, i in rows], texts=[ro.texts[i] for ro, i in rows],
-        policy_version=min(ro.policy_version for ro, _ in rows), behavior_logprobs=behavior,
+        policy_version=_oldest(versions, lengths) if versions is not None else min(ro.policy_version for ro, _ in rows),
+        behavior_logprobs=behavior, token_versions=versions,
     )
+
+
+def _oldest(versions: torch.Tensor, lengths: torch.Tensor) -> int:
+    """The oldest version among the valid tokens of ``versions`` [B, T] (0 when there are none)."""
+    valid = torch.arange(versions.shape[1])[None, :] < lengths[:, None]
+    return int(versions[valid].min()) if bool(valid.any()) else 0
 
 
 def _select_scores(rows: list[tuple[Scores, int]]) -> Scores:

@@ -17,8 +17,9 @@ import torch
 
 from rlvr import kl as kl_estimators
 from rlvr import losses
-from rlvr.trainer.dist import World, all_sum, micro_batches
-from rlvr.trainer.step import Policy, Schedule, TokenMeans, frozen_logprobs, optimize
+from rlvr.trainer.dist import World, all_sum
+from rlvr.trainer.microbatch import Budget, micro_batches
+from rlvr.trainer.step import Policy, Schedule, TokenMeans, frozen_logprobs, optimize, row_lengths
 from rlvr.types import Rollout
 from rlvr.value import ValueModel
 
@@ -49,7 +50,7 @@ def _values(critic: Critic, ro: Rollout, rows: torch.Tensor) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def values(critic: Critic, ro: Rollout, *, micro_batch_size: int) -> torch.Tensor:
+def values(critic: Critic, ro: Rollout, *, micro_batch_size: Budget | int) -> torch.Tensor:
     """V_old: Float32[B, T] on the CPU (T = the rollout's width), 0 at masked positions; across ranks each
     computes its share of the rows."""
     B, T = ro.completion_ids.shape
@@ -57,7 +58,7 @@ def values(critic: Critic, ro: Rollout, *, micro_batch_size: int) -> torch.Tenso
     was_training = critic.model.training
     critic.model.eval()
     try:
-        for mb in micro_batches(torch.arange(B), micro_batch_size, critic.world):
+        for mb in micro_batches(torch.arange(B), micro_batch_size, critic.world, lengths=row_lengths(ro)):
             v, _ = _values(critic, ro, mb if mb is not None else torch.arange(1))
             if mb is not None:
                 out[mb, :v.shape[1]] = v.float().cpu()
@@ -67,7 +68,8 @@ def values(critic: Critic, ro: Rollout, *, micro_batch_size: int) -> torch.Tenso
 
 
 @torch.no_grad()
-def token_kl(policy: Policy, ro: Rollout, *, micro_batch_size: int, estimator: str = "k1") -> torch.Tensor:
+def token_kl(policy: Policy, ro: Rollout, *, micro_batch_size: Budget | int, estimator: str = "k1"
+             ) -> torch.Tensor:
     """Float32[B, T] on the CPU: the per-token KL estimate of π_old (the current weights) to π_ref, 0 masked."""
     old = frozen_logprobs(policy, ro, micro_batch_size).cpu()
     ref = frozen_logprobs(policy, ro, micro_batch_size, policy.reference).cpu()
@@ -83,18 +85,18 @@ def update_critic(critic: Critic, batch: Any, schedule: Schedule, *, step: int) 
     critic.model.train()
     params = [p for group in critic.optimizer.param_groups for p in group["params"]]
     out = optimize(params, critic.optimizer, None, batch.rollout.lengths.shape[0], schedule, step,
-                   partial(_micro_losses, critic, batch, meter, schedule.micro_batch_size), world=critic.world)
+                   partial(_micro_losses, critic, batch, meter, schedule.budget), world=critic.world)
     return {**meter.means(critic.world), "critic/loss": out["loss"], "critic/grad_norm": out["grad_norm"],
             "critic/skipped_steps": out["skipped_steps"]}
 
 
-def _micro_losses(critic: Critic, batch: Any, meter: TokenMeans, size: int, micro: list[torch.Tensor]
+def _micro_losses(critic: Critic, batch: Any, meter: TokenMeans, budget: Budget, micro: list[torch.Tensor]
                   ) -> Iterator[torch.Tensor]:
     """This rank's token-mean value losses of one optimiser step (over the step's tokens on every rank); an
     empty micro-batch (padding) yields a row's loss × 0."""
     ro, rows = batch.rollout, torch.cat(micro)
     norm = losses.loss_normalizer(ro.loss_mask[rows], "token_mean")
-    for mb in micro_batches(rows, size, critic.world):
+    for mb in micro_batches(rows, budget, critic.world, lengths=row_lengths(ro)):
         padding, mb = mb is None, rows[:1] if mb is None else mb
         v, mask = _values(critic, ro, mb)
         T = mask.shape[1]

@@ -7,8 +7,8 @@ The contract that keeps an N-rank update equal to the one-process update (docs/a
    rank; each rank back-propagates its own rows' loss divided by that global N.
 2. **Gradients are summed across ranks, never divided twice.** FSDP2 and DDP average gradients over ranks; each
    rank's loss is multiplied by the world size before ``backward`` so that the average is the sum.
-3. **Every rank runs the same collectives.** A rank's share of a step is split into micro-batches and padded with
-   empty ones to the largest count of any rank (an empty one runs a row of the batch with weight 0); a non-finite
+3. **Every rank runs the same collectives.** A rank's share of a step is split into micro-batches
+   (``rlvr.trainer.microbatch``) and padded with empty ones to the largest count of any rank (an empty one runs a row of the batch with weight 0); a non-finite
    loss is back-propagated like any other (its NaN reaches every rank through the gradient reduction) and the
    step is skipped on all ranks together.
 4. **Statistics are global.** Token-weighted sums and counts, and the step's loss, are summed over ranks.
@@ -19,7 +19,6 @@ every function here is a no-op: a one-process run takes none of these paths.
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,7 @@ from rlvr.logprobs import completion_logprobs, decoder_and_head
 Tensor = torch.Tensor
 
 __all__ = ["World", "LogProbs", "init", "shutdown", "broadcast_object", "all_sum", "all_true", "merge_sums",
-           "rank_rows", "micro_batches", "wrap", "full_trainable_state", "launched_by_torchrun"]
+           "wrap", "full_trainable_state", "launched_by_torchrun"]
 
 STRATEGIES = ("fsdp2", "ddp")
 
@@ -133,28 +132,6 @@ def merge_sums(sums: dict[str, float], counts: dict[str, int], world: World) -> 
 
 
 # ----------------------------------------------------------------------------------------------
-# Rows: each rank's share of a step, in micro-batches of equal count
-# ----------------------------------------------------------------------------------------------
-
-def rank_rows(rows: Tensor, world: World, rank: int | None = None, group_size: int = 1) -> Tensor:
-    """The contiguous share of ``rows`` that ``rank`` (default: this one) trains: ranks get equal numbers of whole
-    groups of ``group_size`` rows when ``rows`` holds whole groups, else equal numbers of rows (± 1)."""
-    rank = world.rank if rank is None else rank
-    unit = group_size if group_size > 1 and len(rows) % group_size == 0 else 1
-    n = len(rows) // unit
-    lo, hi = (rank * n) // world.size, ((rank + 1) * n) // world.size
-    return rows[lo * unit:hi * unit]
-
-
-def micro_batches(rows: Tensor, size: int, world: World, group_size: int = 1) -> list[Tensor | None]:
-    """This rank's share of ``rows`` split into micro-batches of ``size`` rows, padded with None (an empty micro-batch)
-    to the largest count of any rank, so that every rank runs the same number of forward/backward passes."""
-    mine = list(rank_rows(rows, world, group_size=group_size).split(size)) if len(rows) else []
-    most = max(math.ceil(len(rank_rows(rows, world, r, group_size)) / size) for r in range(world.size))
-    return mine + [None] * (most - len(mine))
-
-
-# ----------------------------------------------------------------------------------------------
 # The policy across ranks
 # ----------------------------------------------------------------------------------------------
 
@@ -167,9 +144,10 @@ class LogProbs(torch.nn.Module):
         self.model = model
 
     def forward(self, prompt_ids: list[list[int]], completion_ids: Tensor, lengths: Tensor, *, chunk_size: int = 1024,
-                with_entropy: bool = False, share_prompts: bool = True) -> tuple[Tensor, Tensor | None]:
+                with_entropy: bool = False, share_prompts: bool = True, pack: bool = False
+                ) -> tuple[Tensor, Tensor | None]:
         lp, ent = completion_logprobs(self.model, prompt_ids, completion_ids, lengths, chunk_size=chunk_size,
-                                      with_entropy=with_entropy, share_prompts=share_prompts)
+                                      with_entropy=with_entropy, share_prompts=share_prompts, pack=pack)
         return lp.clone(), ent    # not a view: FSDP2 hooks its backward on the output
 
 

@@ -115,7 +115,7 @@ class Run:
         module = dist.wrap(dist.LogProbs(model), model, world)
         optimizer, scheduler = build.build_optimizer(cfg, model)           # after: FSDP2 swaps in sharded params
         self.policy = Policy(model, optimizer, scheduler, reference, build.autocast_factory(cfg, self.device),
-                             cfg.model.logprob_chunk_size, cfg.model.share_prompts,
+                             cfg.model.logprob_chunk_size, cfg.model.share_prompts, pack=cfg.model.pack_sequences,
                              log_ref_kl=cfg.log.ref_kl and reference is not None, module=module, world=world)
         self.critic = build.build_critic(cfg, self.device, algo, world)
 

@@ -19,6 +19,11 @@ Two rules keep the staleness at or below η = ``max_staleness``:
 
 The producer records the stream position after each chunk, so a checkpoint can say exactly which
 prompts the trained batches used (chunks made but not yet trained are made again after a resume).
+
+In-flight weight updates (``rollout.weight_sync=token``) change which version samples each token, not the rules:
+a chunk's version v_j is its oldest token's (``Rollout.policy_version``), which is the version at its start or
+newer, so admission bounds it as before and the drop rule reads it as before; its other tokens are fresher.
+``token_staleness`` measures the spread per token and per sample.
 """
 from __future__ import annotations
 
@@ -26,6 +31,10 @@ import queue
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+import torch
+
+from rlvr.types import Rollout
 
 __all__ = ["Chunk", "Producer", "StalenessGate", "StalenessStats", "take_fresh"]
 
@@ -166,3 +175,20 @@ def take_fresh(producer: Producer, gate: StalenessGate, version: int, stats: Sta
         stats.dropped_samples += samples
         stats.dropped_chunks += 1
         gate.drop()
+
+
+def token_staleness(ro: Rollout, version: int) -> dict[str, float]:
+    """Staleness per token and per sample of a batch trained at learner ``version``: ``version`` minus the version
+    that sampled each token (``Rollout.versions``). async/token_staleness_mean and _max over the valid tokens,
+    async/fresh_token_frac (tokens of the newest weights), async/sample_staleness_mean over samples of their oldest
+    token's (the one the bound ``rollout.max_staleness`` applies to). Empty for a batch without tokens."""
+    mask = ro.loss_mask
+    if not bool(mask.any()):
+        return {}
+    versions = ro.versions()
+    age = (version - versions[mask]).double()
+    rows = mask.any(1)
+    oldest = torch.where(mask, versions, torch.iinfo(torch.long).max).min(1).values[rows]
+    return {"async/token_staleness_mean": float(age.mean()), "async/token_staleness_max": float(age.max()),
+            "async/fresh_token_frac": float((age == 0).double().mean()),
+            "async/sample_staleness_mean": float((version - oldest).double().mean())}

@@ -28,7 +28,8 @@ from rlvr import losses
 from rlvr.seeding import derive_seed
 from rlvr.trainer.algorithm import Algorithm
 from rlvr.trainer.batch import Batch
-from rlvr.trainer.dist import LogProbs, World, all_sum, all_true, merge_sums, micro_batches
+from rlvr.trainer.dist import LogProbs, World, all_sum, all_true, merge_sums
+from rlvr.trainer.microbatch import Budget, micro_batches
 from rlvr.types import Rollout
 
 Tensor = torch.Tensor
@@ -38,18 +39,27 @@ Tensor = torch.Tensor
 class Schedule:
     """How one batch becomes optimiser steps: ``num_iterations`` passes, each split into ``mini_batches``
     optimiser steps (rows shuffled from ``seed`` when > 1), each accumulated over micro-batches of
-    ``micro_batch_size`` rows; gradients clipped to ``max_grad_norm`` (0 = off)."""
+    ``micro_batch_size`` rows, or of at most ``max_tokens_per_micro_batch`` tokens (``microbatch.Budget``);
+    gradients clipped to ``max_grad_norm`` (0 = off); ``packed``: sequences run without padding
+    (``model.pack_sequences``), so a token budget counts no padding."""
 
     num_iterations: int = 1
     mini_batches: int = 1
     micro_batch_size: int = 16
     max_grad_norm: float = 1.0
     seed: int = 0
+    max_tokens_per_micro_batch: int | None = None
+    packed: bool = False
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Schedule":
         a = cfg.algo
-        return cls(a.num_iterations, a.mini_batches, a.micro_batch_size, cfg.optim.max_grad_norm, cfg.seed)
+        return cls(a.num_iterations, a.mini_batches, a.micro_batch_size, cfg.optim.max_grad_norm, cfg.seed,
+                   a.max_tokens_per_micro_batch, cfg.model.pack_sequences)
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.micro_batch_size, self.max_tokens_per_micro_batch, self.packed)
 
     @property
     def updates(self) -> int:
@@ -72,7 +82,8 @@ class Policy:
     """The trained model and what its log-prob passes and update need besides the batch.
 
     module: the ``dist.LogProbs`` of ``model`` that forward passes go through (FSDP2 / DDP-wrapped across ranks;
-    ``LogProbs(model)`` when None); reference: the frozen initial model or None; log_ref_kl: log policy/kl even
+    ``LogProbs(model)`` when None); reference: the frozen initial model or None; share_prompts / pack: the
+    log-prob paths of ``completion_logprobs`` (``model.share_prompts``, ``model.pack_sequences``); log_ref_kl: log policy/kl even
     without a KL term (``log.ref_kl``); world: the learner ranks."""
 
     model: torch.nn.Module
@@ -82,6 +93,7 @@ class Policy:
     autocast: Callable[[], AbstractContextManager] = nullcontext
     chunk_size: int = 1024
     share_prompts: bool = True
+    pack: bool = False
     log_ref_kl: bool = False
     module: torch.nn.Module | None = None
     world: World = field(default_factory=World)
@@ -208,12 +220,17 @@ def row_logprobs(policy: Policy, ro: Rollout, rows: Tensor, *, entropy: bool = F
         lp, ent = (module or policy.module)([ro.prompt_ids[i] for i in rows.tolist()],
                                             ro.completion_ids[rows, :T].to(device), lengths.to(device),
                                             chunk_size=policy.chunk_size, with_entropy=entropy,
-                                            share_prompts=policy.share_prompts)
+                                            share_prompts=policy.share_prompts, pack=policy.pack)
     return lp, ent, ro.loss_mask[rows, :T].to(device)
 
 
+def row_lengths(ro: Rollout) -> Tensor:
+    """Long[B]: each row's prompt + completion tokens (what a token budget counts)."""
+    return torch.tensor([len(p) for p in ro.prompt_ids], dtype=torch.long) + ro.lengths.cpu()
+
+
 @torch.no_grad()
-def frozen_logprobs(policy: Policy, ro: Rollout, micro_batch_size: int, reference: Reference | None = None
+def frozen_logprobs(policy: Policy, ro: Rollout, budget: Budget | int, reference: Reference | None = None
                     ) -> Tensor:
     """Log-probs [B, T] of every row without grad, of the policy or of ``reference`` (under its context); 0 past each
     row's length. Across ranks each computes its share of the rows and the shares are summed."""
@@ -222,7 +239,7 @@ def frozen_logprobs(policy: Policy, ro: Rollout, micro_batch_size: int, referenc
                                                                                            nullcontext)
     out: Tensor | None = None
     with context():
-        for mb in micro_batches(torch.arange(B), micro_batch_size, policy.world):
+        for mb in micro_batches(torch.arange(B), budget, policy.world, lengths=row_lengths(ro)):
             lp, _, _ = row_logprobs(policy, ro, mb if mb is not None else torch.arange(1), module=module)
             out = torch.zeros(B, T, dtype=lp.dtype, device=lp.device) if out is None else out
             if mb is not None:
@@ -285,7 +302,7 @@ def update_policy(policy: Policy, batch: Batch, algo: Algorithm, schedule: Sched
                   ) -> dict[str, float]:
     """Train on one batch; returns loss/, policy/, loss_stats/, train/ and perf/ metrics (means over steps)."""
     ro, t0 = batch.rollout, time.perf_counter()
-    mbs = schedule.micro_batch_size
+    mbs = schedule.budget
     wants_ref = policy.reference is not None and (algo.kl_coef > 0 or policy.log_ref_kl)
     f = _Frozen(schedule, old=frozen_logprobs(policy, ro, mbs) if algo.needs_frozen_old(schedule.updates) else None,
                 ref=frozen_logprobs(policy, ro, mbs, policy.reference) if wants_ref else None,
@@ -314,7 +331,7 @@ def _micro_losses(policy: Policy, batch: Batch, algo: Algorithm, f: _Frozen, mic
     norm = losses.loss_normalizer(ro.loss_mask[rows], algo.aggregation, max_tokens=algo.max_tokens,
                                   group_tokens=tokens)
     tokens_of = dict(zip(rows.tolist(), tokens.tolist()))
-    for mb in micro_batches(rows, f.schedule.micro_batch_size, policy.world, group_size(batch)):
+    for mb in micro_batches(rows, f.schedule.budget, policy.world, group_size(batch), row_lengths(ro)):
         t = time.perf_counter()
         padding, mb = mb is None, rows[:1] if mb is None else mb
         lp, ent, mask = row_logprobs(policy, ro, mb, entropy=True)

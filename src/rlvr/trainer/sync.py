@@ -124,7 +124,7 @@ def make_batch(run: Run, groups: list[Group], tally: dict[str, float]) -> Batch:
     token-level estimators)."""
     algo, G = run.algo, run.cfg.rollout.group_size
     problems, rollout, scores, ref_scores = assemble(groups, G)
-    mbs = run.cfg.algo.micro_batch_size
+    mbs = run.schedule.budget
     values = critic_lib.values(run.critic, rollout, micro_batch_size=mbs) if algo.needs_critic else None
     kl = critic_lib.token_kl(run.policy, rollout, micro_batch_size=mbs) if algo.reward_kl_coef > 0 else None
     adv, returns = algo.advantages(scores.total.view(-1, G), rollout.loss_mask,

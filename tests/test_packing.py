@@ -1,0 +1,136 @@
+"""Padding-free packing in rlvr.logprobs (``completion_logprobs(..., pack=True)``, ``model.pack_sequences``).
+
+Oracle: the padded path (itself checked against full logits in test_logprobs.py). In float64 the packed paths give
+the same log-probs, entropies and gradients for every parameter, to rounding, on batches whose completions have
+lengths 0, 1 and the maximum; on Qwen2 (tiny_random) and on SmolLM2's Llama shape (9 query heads on 3 KV heads),
+with SDPA, our GQA attention and eager attention; with and without shared prompts, LoRA and checkpointing.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlvr.logprobs import completion_logprobs
+from rlvr.models import apply_lora, tiny_random
+from test_logprobs import TokenCount, grads, grouped_batch, naive_logprobs
+
+
+def _llama(attn: str = "sdpa"):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=99, hidden_size=36, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True,
+                         attn_implementation=attn)
+    return LlamaForCausalLM(config).eval()
+
+
+def _qwen2(attn: str = "sdpa"):
+    m = tiny_random(4)[0]
+    m.config._attn_implementation = attn
+    return m
+
+
+MODELS = {"qwen2": _qwen2, "llama": _llama}
+
+
+def _run(model, prompts, completion, lengths, **kw):
+    w = torch.linspace(-1, 1, completion.numel(), dtype=torch.float64).view(completion.shape)
+    lp, ent = completion_logprobs(model, prompts, completion, lengths, with_entropy=True, **kw)
+    return lp, ent, grads(model, (lp * w.to(lp.dtype)).sum())
+
+
+def _assert_same(got, want, grad_rtol=1e-9, atol=1e-12):
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=atol)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=atol)
+    assert set(got[2]) == set(want[2]) and all(g is not None for g in got[2].values())
+    for name, g in want[2].items():
+        assert float((got[2][name] - g).norm()) <= grad_rtol * float(g.norm()) + 1e-12, name
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("share", [True, False], ids=["shared", "unshared"])
+def test_packed_equals_padded_in_float64(arch, attn, share):
+    """Lengths 0, 1 and T in one batch; the shared path (3 prompts over 7 rows) and the unshared one. Gradients to
+    ~1e-7 relative: RMSNorm computes in fp32 whatever the model dtype, and packing sums in another order. HF's eager
+    attention takes its softmax in fp32 too, over another number of masked keys: values to 1e-7 there."""
+    model = MODELS[arch](attn).double()
+    prompts, completion, lengths = grouped_batch(seed=7)
+    padded = _run(model, prompts, completion, lengths, share_prompts=share)
+    packed = _run(model, prompts, completion, lengths, share_prompts=share, pack=True)
+    assert packed[0].dtype == torch.float64
+    _assert_same(packed, padded, grad_rtol=3e-7 if attn == "sdpa" else 3e-6, atol=1e-12 if attn == "sdpa" else 1e-7)
+
+
+def test_packed_matches_full_logits_in_float32():
+    """Against the oracle of test_logprobs (one unpadded row at a time, full logits)."""
+    model = _llama()
+    prompts, completion, lengths = grouped_batch(seed=8)
+    lp, ent = completion_logprobs(model, prompts, completion, lengths, with_entropy=True, pack=True)
+    ref, ref_ent = naive_logprobs(model, prompts, completion.clamp(min=0), lengths)
+    torch.testing.assert_close(lp, ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ent, ref_ent, rtol=0, atol=1e-5)
+    mask = torch.arange(completion.shape[1])[None, :] < lengths[:, None]
+    assert torch.all(lp[~mask] == 0)
+
+
+def test_packed_runs_no_padding():
+    """Shared and packed: pass 1 holds the 3 prompts' 5 + 2 + 1 tokens, pass 2 the Σ max(length − 1, 0) completion
+    tokens; unshared and packed: Σ (prompt + length − 1) — against padded 3 × 5 + 7 × 5 and 7 × 11."""
+    model = _qwen2()
+    prompts, completion, lengths = grouped_batch()
+    comp = int((lengths - 1).clamp(min=0).sum())
+    for share, want in ((True, (2, 8 + comp)), (False, (1, sum(map(len, prompts)) + comp))):
+        counter = TokenCount(model)
+        completion_logprobs(model, prompts, completion, lengths, share_prompts=share, pack=True)
+        counter.handle.remove()
+        assert (counter.calls, counter.tokens) == want
+
+
+def test_packed_rows_never_see_each_other():
+    """Changing one row's tokens changes no other row's log-probs (attention confined to each sequence)."""
+    model = _llama()
+    prompts, completion, lengths = grouped_batch(seed=9)
+    completion = completion.clamp(min=0)
+    for share in (True, False):
+        base, _ = completion_logprobs(model, prompts, completion, lengths, share_prompts=share, pack=True)
+        other = completion.clone()
+        other[0] = (other[0] + 1) % 99
+        changed, _ = completion_logprobs(model, prompts, other, lengths, share_prompts=share, pack=True)
+        assert not torch.equal(changed[0], base[0])
+        torch.testing.assert_close(changed[1:], base[1:], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_packed_with_lora_and_checkpointing_match_padded(checkpointing):
+    """LoRA gradients reach only the adapters and equal the padded path's; under checkpointing the packed path runs
+    without a cache (one pass, HF's own block-diagonal mask from the restarting position ids)."""
+    base = _llama().double()
+    model = apply_lora(base, rank=4, alpha=8)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    prompts, completion, lengths = grouped_batch(seed=10)
+    padded = _run(model, prompts, completion, lengths)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+    counter = TokenCount(model)
+    packed = _run(model, prompts, completion, lengths, pack=True)
+    counter.handle.remove()
+    assert counter.calls == (1 if checkpointing else 2)
+    assert all("lora_" in n for n in packed[2])
+    _assert_same(packed, padded, grad_rtol=3e-7)
+
+
+def test_all_empty_and_single_row_batches():
+    model = _qwen2().double()
+    for prompts, lengths in (([[1, 4], [1, 4]], [0, 0]), ([[1, 4, 5]], [3]), ([[1]], [1])):
+        completion = torch.full((len(prompts), 3), 7)
+        lengths = torch.tensor(lengths)
+        for share in (True, False):
+            padded = _run(model, prompts, completion, lengths, share_prompts=share)
+            packed = _run(model, prompts, completion, lengths, share_prompts=share, pack=True)
+            torch.testing.assert_close(packed[0], padded[0], rtol=0, atol=1e-12)
