@@ -16,6 +16,7 @@ from rlvr.trainer.algorithm import Algorithm
 from rlvr.trainer.batch import PromptStream, batch_metrics, row_advantages
 from rlvr.trainer.build import lr_lambda
 from rlvr.trainer.dist import World
+from rlvr.trainer.step import Schedule
 from rlvr.trainer.sync import collect
 from rlvr.types import Problem, Rollout, SamplingParams
 
@@ -115,7 +116,7 @@ def _collector(script, *, advantage="grpo", k=None, dynamic=False, rounds=0, ref
                           encode=lambda p: list(p.prompt.encode()), sampler=ScriptedSampler(script), pool=ExactPool(),
                           sampling=SamplingParams(max_new_tokens=8), rewards=RewardSettings(),
                           ref_sampler=ScriptedSampler(ref_script) if ref_script else None, ref_context=nullcontext,
-                          critic=None, policy=None, world=World())
+                          critic=None, policy=None, world=World(), schedule=Schedule.from_config(cfg))
     run.collect = lambda step: collect(run, run.sampler, step)
     return run
 
