@@ -133,6 +133,9 @@ def test_collector_advantages_come_from_the_registry():
     m = batch_metrics(batch)
     assert m["reward/mean"] == pytest.approx(float(expect.mean()))
     assert m["adv/frac_zero"] == pytest.approx(float((advantages.grpo(expect) == 0).double().mean()))
+    zero_std = (expect == expect[:, :1]).all(-1)
+    assert m["reward/frac_zero_std_groups"] == float(zero_std.double().mean())
+    assert m["adv/frac_zero_std_groups_with_signal"] == 0.0          # GRPO: an all-equal group gets no advantage
 
 
 def test_collector_passes_k_and_requires_it():
@@ -172,6 +175,8 @@ def test_reference_samples_feed_aapo():
     assert torch.equal(r_ref, torch.tensor([[0., 1., 0., 1.]] * 2, dtype=torch.float64))
     assert torch.allclose(row_advantages(batch).float(), advantages.aapo(r, ref_rewards=r_ref).reshape(-1).float())
     assert row_advantages(batch).view(2, 4)[0].tolist() == pytest.approx([0.28, 0.0, 0.28, 0.0])
+    m = batch_metrics(batch)       # every group is all-correct: the margin is the only signal, in both groups
+    assert m["reward/frac_zero_std_groups"] == 1.0 and m["adv/frac_zero_std_groups_with_signal"] == 1.0
     assert c.ref_sampler.calls == 1
 
 

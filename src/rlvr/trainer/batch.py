@@ -134,11 +134,15 @@ def batch_metrics(batch: Batch) -> dict[str, float]:
     r = s.total.view(-1, G)
     lengths = batch.rollout.lengths.double()
     adv = row_advantages(batch)
+    zero_std = (r == r[:, :1]).all(-1)
     out = {
         "reward/mean": float(s.total.mean()), "reward/std": float(s.total.std()) if s.total.numel() > 1 else 0.0,
         "reward/accuracy": float(s.accuracy.mean()), "reward/format": float(s.format.mean()),
         "reward/overlong": float(s.overlong.mean()),
-        "reward/frac_zero_std_groups": float((r == r[:, :1]).all(-1).double().mean()),
+        "reward/frac_zero_std_groups": float(zero_std.double().mean()),
+        # groups whose rewards are all equal but whose samples still get an advantage: AAPO's margin against the
+        # reference samples (or a critic's values) is then the only learning signal
+        "adv/frac_zero_std_groups_with_signal": float((zero_std & (adv.view(-1, G) != 0).any(-1)).double().mean()),
         "adv/mean": float(adv.mean()), "adv/abs_mean": float(adv.abs().mean()),
         "adv/frac_zero": float((adv == 0).double().mean()),
         "response/length_mean": float(lengths.mean()), "response/length_max": float(lengths.max()),
