@@ -4,7 +4,8 @@ check) and its Markdown and plot (``*_report``: (lines, PNG paths written)).
 * ``aapo`` (configs/sweeps/aapo.yaml): held-out greedy accuracy at the end; the accuracy at an **equal sample
   budget** — the last evaluation whose cumulative samples (``rollout/samples``: AAPO's reference-model samples
   included) do not exceed GRPO's final budget; and the steps and samples each run needs to first reach GRPO's mean
-  final accuracy (a run that never reaches it is left out of the mean and the cell says ``reached k/n``).
+  final accuracy (a run that never reaches it is left out of the mean and the cell says ``reached k/n``); the
+  fraction of zero-variance groups over training and of groups whose only signal is AAPO's margin.
 * ``maxpo`` (configs/sweeps/maxpo.yaml): held-out pass@1 .. pass@8 at the end (8 samples per problem at
   temperature 1, the unbiased pass@k estimator), one row per estimator and K; the column pass@K is the metric that
   estimator optimises; training reward and token entropy over the first 5 logged steps → the last 10 (seed means).
@@ -126,7 +127,10 @@ def _errorbars(ax: Any, points: list[tuple[float, Estimate]], label: str, color:
 def aapo_table(cells: Sequence[Cell], baseline: str = "grpo", metric: str = "eval/accuracy") -> dict[str, Any]:
     """{"target": GRPO's mean final ``metric``, "budget": GRPO's mean total samples, "rows": one dict per cell}.
     A row: variant, seeds (runs, planned), samples_per_step, start, final, at_budget (Estimates), steps_to_target,
-    samples_to_target (Estimates over the runs that reached it) and reached (runs that did, runs)."""
+    samples_to_target (Estimates over the runs that reached it), reached (runs that did, runs), zero_std (the
+    fraction of groups whose rewards are all equal, averaged over training steps: AAPO's premise) and margin_only
+    (the fraction of groups that are all-equal yet get an advantage, averaged likewise: for AAPO, the groups where
+    the margin against the reference samples is the only signal)."""
     base = next((c for c in cells if c.variant == baseline), None)
     if base is None or not base.runs:
         raise ValueError(f"aapo study: no runs of the baseline variant {baseline!r}")
@@ -142,7 +146,9 @@ def aapo_table(cells: Sequence[Cell], baseline: str = "grpo", metric: str = "eva
                      "final": c.estimate(lambda r: final_value(r, metric)),
                      "at_budget": c.estimate(lambda r: value_at_budget(r, metric, budget)),
                      "steps_to_target": Estimate.over_seeds([float(s) for s, _ in hit]),
-                     "samples_to_target": Estimate.over_seeds([n for _, n in hit]), "reached": (len(hit), len(c.runs))})
+                     "samples_to_target": Estimate.over_seeds([n for _, n in hit]), "reached": (len(hit), len(c.runs)),
+                     "zero_std": c.estimate(lambda r: mean_over(r, "reward/frac_zero_std_groups")),
+                     "margin_only": c.estimate(lambda r: mean_over(r, "adv/frac_zero_std_groups_with_signal"))})
     return {"target": target, "budget": budget, "rows": rows}
 
 
@@ -156,11 +162,13 @@ def aapo_report(cells: Sequence[Cell], img: Path | None, baseline: str = "grpo",
         rows.append([r["variant"], _seeds(c), f"{r['samples_per_step']:.0f}", fmt(r["start"], n_runs),
                      fmt(r["final"], n_runs), fmt(r["at_budget"], n_runs),
                      (fmt(r["steps_to_target"], k, 1) if k else "—") + f" (reached {k}/{n})",
-                     fmt(r["samples_to_target"], k, 0) if k else "—"])
+                     fmt(r["samples_to_target"], k, 0) if k else "—", fmt(r["zero_std"], n_runs),
+                     fmt(r["margin_only"], n_runs)])
     lines = [f"Target: GRPO's mean final {metric} = {t['target']:.3f}; equal budget = GRPO's mean total samples, "
              f"{t['budget']:,.0f} (reference-model samples count in AAPO's budget).", "",
              *_table(["variant", "seeds", "samples/step", f"{metric} at start", "final", "at equal budget",
-                      "steps to target", "samples to target"], rows)]
+                      "steps to target", "samples to target", "zero-variance groups", "of all groups: margin only"],
+                     rows)]
     if img is None:
         return lines, []
     plt = _plt()

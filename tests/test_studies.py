@@ -114,8 +114,12 @@ def test_aapo_table_figures(tmp_path):
         ("grpo", {}, 0, eval_rows([0.2, 0.3, 0.4, 0.45, 0.5]), {}),
         ("grpo", {}, 1, eval_rows([0.2, 0.25, 0.3, 0.3, 0.3]), {}),
         # AAPO: 16 samples a step (reference included): equal budget is step 2
-        ("aapo", {}, 0, eval_rows([0.2, 0.4, 0.6, 0.6, 0.7], samples_per_step=16), {"algo__advantage": "aapo"}),
-        ("aapo", {}, 1, eval_rows([0.2, 0.3, 0.35, 0.5, 0.5], samples_per_step=16), {"algo__advantage": "aapo"}),
+        ("aapo", {}, 0, eval_rows([0.2, 0.4, 0.6, 0.6, 0.7], samples_per_step=16, **{
+            "reward/frac_zero_std_groups": 0.5, "adv/frac_zero_std_groups_with_signal": 0.25}),
+         {"algo__advantage": "aapo"}),
+        ("aapo", {}, 1, eval_rows([0.2, 0.3, 0.35, 0.5, 0.5], samples_per_step=16, **{
+            "reward/frac_zero_std_groups": 0.75, "adv/frac_zero_std_groups_with_signal": 0.5}),
+         {"algo__advantage": "aapo"}),
         ("aapo", {}, 2, None, {}),  # planned, never ran
     ])
     t = R.aapo_table(C.load_cells(root))
@@ -129,13 +133,19 @@ def test_aapo_table_figures(tmp_path):
     assert_estimate(aapo["at_budget"], 0.475, T2 * 0.125)          # at 32 samples: 0.6, 0.35
     # steps to 0.4: grpo seed 0 at 2, seed 1 never; aapo at 1 and 3 -> samples 16 and 48
     assert grpo["reached"] == (1, 2) and aapo["reached"] == (2, 2)
-    assert_estimate(grpo["steps_to_target"], 2.0, None, n=1) and grpo["samples_to_target"].values == (16.0,)
-    assert_estimate(aapo["steps_to_target"], 2.0, T2 * 1.0) and aapo["samples_to_target"].values == (16.0, 48.0)
+    assert_estimate(grpo["steps_to_target"], 2.0, None, n=1)
+    assert grpo["samples_to_target"].values == (16.0,)
+    assert_estimate(aapo["steps_to_target"], 2.0, T2 * 1.0)
+    assert aapo["samples_to_target"].values == (16.0, 48.0)
+    assert_estimate(aapo["zero_std"], 0.625, T2 * 0.125)
+    assert_estimate(aapo["margin_only"], 0.375, T2 * 0.125)
+    assert grpo["zero_std"].values == () and R.fmt(grpo["zero_std"], 2) == "n/a"      # never logged
     lines, written = R.aapo_report(C.load_cells(root), None)
     assert written == [] and "= 0.400" in lines[0] and "32 (reference" in lines[0]
     md = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in lines if r.startswith("| ")}
     assert md["aapo"][:2] == ["2/3", "16"]                         # the Markdown shows the same data
     assert md["aapo"][3] == R.fmt(aapo["final"], 2) and md["grpo"][5] == "2.0 (reached 1/2)"
+    assert md["aapo"][7:] == [R.fmt(aapo["zero_std"], 2), R.fmt(aapo["margin_only"], 2)]
 
 
 def test_maxpo_table_picks_pass_at_K(tmp_path):
@@ -177,11 +187,13 @@ def test_async_table_rows(tmp_path):
     assert [(r["objective"], r["eta"], len(r["cell"].runs)) for r in rows] == [("asympo", 0, 1),
                                                                               ("current_policy", 8, 2)]  # by η
     asympo, cp = rows
-    assert_estimate(cp["final"], 0.2, T2 * 0.1) and assert_estimate(cp["change"], -0.2, T2 * 0.1)
+    assert_estimate(cp["final"], 0.2, T2 * 0.1)
+    assert_estimate(cp["change"], -0.2, T2 * 0.1)
     assert cp["collapses"] == (1, 2) and cp["below_start"] == (2, 2)   # one reward collapse, both ended lower
     low_flat = min(sum(flat[i:i + 5]) / 5 for i in range(11))         # 0.34; the collapsed run's is 0.1
     assert_estimate(cp["lowest"], (0.1 + low_flat) / 2, T2 * abs(low_flat - 0.1) / 2)
-    assert_estimate(cp["nll_mean"], 3.0, 0.0) and assert_estimate(cp["staleness"], 1.5, 0.0)
+    assert_estimate(cp["nll_mean"], 3.0, 0.0)
+    assert_estimate(cp["staleness"], 1.5, 0.0)
     assert asympo["collapses"] == (0, 1) and asympo["below_start"] == (0, 1) and not asympo["nll_mean"].values
     lines, written = R.async_report(C.load_cells(root), tmp_path / "img")
     md = [[c.strip() for c in r.split("|")[1:-1]] for r in lines[2:]]
