@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlvr.logprobs import completion_logprobs
+from rlvr.logprobs import completion_logprobs, pack_into_rows
 from rlvr.models import apply_lora, tiny_random
 from test_logprobs import TokenCount, grads, grouped_batch, naive_logprobs
 
@@ -75,17 +75,43 @@ def test_packed_matches_full_logits_in_float32():
     assert torch.all(lp[~mask] == 0)
 
 
-def test_packed_runs_no_padding():
-    """Shared and packed: pass 1 holds the 3 prompts' 5 + 2 + 1 tokens, pass 2 the Σ max(length − 1, 0) completion
-    tokens; unshared and packed: Σ (prompt + length − 1) — against padded 3 × 5 + 7 × 5 and 7 × 11."""
+def test_pack_into_rows_by_hand():
+    # longest first into the first row with room; size 0 left out; an item over the capacity alone
+    assert pack_into_rows([5, 0, 3, 4, 2, 5], 5) == [[0], [5], [3], [2, 4]]
+    assert pack_into_rows([7, 2], 5) == [[0], [1]]
+    assert pack_into_rows([0, 0], 3) == [] and pack_into_rows([], 3) == []
+
+
+def test_packed_rows_hold_at_most_the_longest_sequence():
+    """grouped_batch: prompts of 5, 2, 1 tokens over 7 rows, completion lengths 6, 0, 3, 1, 5, 2, 6 (inputs
+    l − 1 ≥ 0). Shared and packed: pass 1 holds the 3 prompts' 8 tokens in one row; pass 2 the completion inputs
+    5, 0, 2, 0, 4, 1, 5 in rows of at most 5: [5], [5], [4 + 1], [2] -> 4 × 5 = 20 positions (Σ = 17), against
+    7 × 5 padded. Unshared: prompt + inputs 10, 5, 4, 5, 6, 2, 7 in rows of at most 10: [10], [7 + 2], [6 + 4],
+    [5 + 5] -> 4 × 10 = 40 (Σ = 39), against 7 × 11 padded."""
     model = _qwen2()
     prompts, completion, lengths = grouped_batch()
-    comp = int((lengths - 1).clamp(min=0).sum())
-    for share, want in ((True, (2, 8 + comp)), (False, (1, sum(map(len, prompts)) + comp))):
+    for share, want in ((True, (2, 8 + 20)), (False, (1, 40))):
         counter = TokenCount(model)
         completion_logprobs(model, prompts, completion, lengths, share_prompts=share, pack=True)
         counter.handle.remove()
         assert (counter.calls, counter.tokens) == want
+
+
+def test_flash_attention_packs_one_row_without_a_mask(monkeypatch):
+    """Without custom masks (flash attention's varlen kernels) every sequence shares one row, Σ positions, and the
+    decoder gets no mask: transformers reads the boundaries from the restarting position ids."""
+    import rlvr.logprobs as L
+
+    model = _qwen2().double()
+    prompts, completion, lengths = grouped_batch(seed=3)
+    want = _run(model, prompts, completion, lengths, share_prompts=False)
+    seen = []
+    model.model.register_forward_pre_hook(lambda m, a, kw: seen.append((kw["input_ids"].shape, kw["attention_mask"])),
+                                          with_kwargs=True)
+    monkeypatch.setattr(L, "can_mask", lambda decoder: False)
+    got = _run(model, prompts, completion, lengths, share_prompts=False, pack=True)
+    assert seen == [(torch.Size([1, 39]), None)]
+    _assert_same(got, want, grad_rtol=3e-7)
 
 
 def test_packed_rows_never_see_each_other():

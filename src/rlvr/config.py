@@ -66,8 +66,9 @@ class ModelConfig:
     once and let its completions attend to its KV cache, gradients included (``logprobs.shared_prompt_hidden``);
     false runs prompt + completion per row. Same values up to float rounding."""
     pack_sequences: bool = False
-    """Padding-free log-prob passes (training, π_old, reference): a micro-batch's sequences share one row, position
-    ids restarting per sequence and attention confined to each (``logprobs.packed_hidden`` /
+    """Padding-free log-prob passes (training, π_old, reference): a micro-batch's sequences share packed rows (of at
+    most the longest sequence's length), position ids restarting per sequence and attention confined to each
+    (``logprobs.packed_hidden`` /
     ``packed_shared_hidden``; flash attention's varlen kernel on a GPU); a token budget
     (``algo.max_tokens_per_micro_batch``) then counts no padding. Same values up to float rounding."""
     threads: int | None = None

@@ -159,9 +159,10 @@ def completion_logprobs(model: Any, prompt_ids: list[list[int]], completion_ids:
         row flows back through the shared cache. The values are those of the unshared path up to float
         rounding. Falls back to the unshared path when every prompt is distinct, under gradient
         checkpointing, or for caches that are not plain ``DynamicLayer``s (sliding windows).
-    pack: padding-free: the sequences share one row, position ids restarting at each one and attention kept
-        within it (``packed_shared_hidden`` with shared prompts, else ``packed_hidden``); no position is spent on
-        padding. Same values as the padded path up to float rounding.
+    pack: padding-free: the sequences share packed rows of at most the longest one's length, position ids
+        restarting at each one and attention kept within it (``packed_shared_hidden`` with shared prompts, else
+        ``packed_hidden``); only a packed row's tail is padding. Same values as the padded path up to float
+        rounding.
     Returns (logprobs, entropy or None), each Float32[B, T] (float64 for a float64 model), on the model's
     device. Unshared, the decoder runs on right-padded rows prompt + completion[:length] with an attention
     mask; the hidden state at position len(prompt) − 1 + t predicts completion token t. Gradients flow to
@@ -282,27 +283,82 @@ def can_mask(decoder: torch.nn.Module) -> bool:
     return getattr(decoder.config, "_attn_implementation", None) in _MASKABLE
 
 
+def pack_into_rows(sizes: list[int], capacity: int) -> list[list[int]]:
+    """Indices of ``sizes`` grouped into rows of at most ``capacity`` (first-fit decreasing, ties by index; an item
+    larger than ``capacity`` gets a row of its own). Items of size 0 are left out."""
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for i in sorted((i for i, n in enumerate(sizes) if n > 0), key=lambda i: (-sizes[i], i)):
+        k = next((k for k, u in enumerate(used) if u + sizes[i] <= capacity), len(rows))
+        if k == len(rows):
+            rows.append([])
+            used.append(0)
+        rows[k].append(i)
+        used[k] += sizes[i]
+    return rows
+
+
+def _layout(sizes: list[int], one_row: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(row[i], offset[i]) of each item in a packed [R, L] layout, R, L: one row (flash attention's varlen kernels
+    take any length) or rows of at most the longest item's size, so that attention, whose cost grows with a row's
+    length squared under a dense mask, costs no more per row than the longest sequence's padded row."""
+    rows = [[i for i, n in enumerate(sizes) if n > 0]] if one_row else pack_into_rows(sizes, max(sizes, default=0))
+    row, offset = torch.zeros(len(sizes), dtype=torch.long), torch.zeros(len(sizes), dtype=torch.long)
+    width = 0
+    for r, items in enumerate(rows):
+        o = 0
+        for i in items:
+            row[i], offset[i], o = r, o, o + sizes[i]
+        width = max(width, o)
+    return row.to(device), offset.to(device), max(len(rows), 1), max(width, 1)
+
+
+def _segments(row: torch.Tensor, offset: torch.Tensor, sizes: torch.Tensor, R: int, L: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(item, t): the [N] item and in-item position of every packed token, row-major; (seg, pos): [R, L] maps of
+    the item (−1 on padding) and in-item position (0 on padding)."""
+    t = torch.arange(int(sizes.max()) if len(sizes) else 0, device=row.device)
+    item, tt = (t[None, :] < sizes[:, None]).nonzero(as_tuple=True)
+    seg = torch.full((R, L), -1, dtype=torch.long, device=row.device)
+    pos = torch.zeros(R, L, dtype=torch.long, device=row.device)
+    seg[row[item], offset[item] + tt] = item
+    pos[row[item], offset[item] + tt] = tt
+    return item, tt, seg, pos
+
+
+def _within(seg: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Bool [R, L, L]: query q may attend key k when both belong to the same item and k is not after q; a padding
+    query attends to itself only (a row of a softmax may not be empty: its NaN would reach the gradients)."""
+    L = seg.shape[1]
+    same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0) & (pos[:, None, :] <= pos[:, :, None])
+    return same | torch.eye(L, dtype=torch.bool, device=seg.device)
+
+
 def packed_hidden(decoder: torch.nn.Module, prompt_ids: list[list[int]], completion_ids: torch.Tensor,
                   lengths: torch.Tensor) -> torch.Tensor:
-    """[N, H], row-major over (row b, token t < lengths[b]): one decoder pass over a single row holding every
-    sequence prompt[b] + completion[b, :lengths[b] − 1] back to back, position ids restarting at 0 for each.
+    """[N, H], row-major over (row b, token t < lengths[b]): one decoder pass over the sequences prompt[b] +
+    completion[b, :lengths[b] − 1] laid back to back in packed rows, position ids restarting at 0 for each.
 
-    With no attention mask and restarting position ids, transformers finds the sequence boundaries itself
-    (``masking_utils.find_packed_sequence_indices``): SDPA and eager get a block-diagonal causal mask, flash
-    attention its varlen kernel (``cu_seqlens``), so no token attends across sequences and none is padding. The
-    hidden state at offset len(prompt[b]) − 1 + t of sequence b predicts completion token t.
+    With SDPA or eager attention the sequences go into rows of at most the longest one's length (first-fit
+    decreasing) with a block-diagonal causal 4D mask. With flash attention (no custom masks) they share one row
+    with no mask: transformers finds the boundaries from the restarting position ids
+    (``masking_utils.find_packed_sequence_indices``) and runs its varlen kernel. Either way no token attends across
+    sequences; the hidden state at offset len(prompt[b]) − 1 + t of sequence b predicts completion token t.
     """
     device = completion_ids.device
-    ids, pos, select, start = [], [], [], 0
-    for b, (prompt, n) in enumerate(zip(prompt_ids, lengths.tolist())):
-        seq = torch.cat([torch.as_tensor(prompt, dtype=torch.long, device=device), completion_ids[b, :max(n - 1, 0)]])
-        ids.append(seq)
-        pos.append(torch.arange(len(seq), device=device))
-        select.append(start + len(prompt) - 1 + torch.arange(n, device=device))
-        start += len(seq)
-    hidden = decoder(input_ids=torch.cat(ids)[None], position_ids=torch.cat(pos)[None], attention_mask=None,
-                     use_cache=False).last_hidden_state[0]                                 # [L, H]
-    return hidden[torch.cat(select)]
+    plen = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long, device=device)           # [B]
+    sizes = plen + (lengths.to(device) - 1).clamp(min=0)                                        # [B]
+    row, offset, R, L = _layout(sizes.tolist(), not can_mask(decoder), device)
+    item, tt, seg, pos = _segments(row, offset, sizes, R, L)
+    flat = [torch.cat([torch.as_tensor(p, dtype=torch.long, device=device), completion_ids[b, :max(int(n) - 1, 0)]])
+            for b, (p, n) in enumerate(zip(prompt_ids, lengths.tolist()))]
+    ids = torch.zeros(R, L, dtype=torch.long, device=device)
+    ids[row[item], offset[item] + tt] = torch.cat(flat) if flat else ids.new_zeros(0)
+    mask = _mask4d(decoder, _within(seg, pos)) if can_mask(decoder) else None
+    hidden = decoder(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).last_hidden_state
+    t = torch.arange(completion_ids.shape[1], device=device)
+    rows, cols = (t[None, :] < lengths[:, None]).nonzero(as_tuple=True)
+    return hidden[row[rows], offset[rows] + plen[rows] - 1 + cols]
 
 
 def packed_shared_hidden(decoder: torch.nn.Module, unique: list[list[int]], row_prompt: list[int],
@@ -310,44 +366,51 @@ def packed_shared_hidden(decoder: torch.nn.Module, unique: list[list[int]], row_
     """[N, H], row-major over (row b, token t < lengths[b]): ``shared_prompt_hidden`` without padding.
 
     Pass 1: the U distinct prompts back to back in one row (positions restarting, each attending causally within
-    itself) fill a KV cache. Pass 2: every row's completion[:lengths − 1] back to back in one row, at positions
-    len(prompt) + t, each token attending to its own prompt's keys and causally to its own completion's. Token 0
-    of a row is predicted by its prompt's last hidden state, token t ≥ 1 by completion token t − 1's.
+    itself) fill a KV cache. Pass 2: every row's completion[:lengths − 1], packed into rows of at most the longest
+    one's length (first-fit decreasing), at positions len(prompt) + t, each token attending to its own prompt's keys
+    (the cache, copied to each packed row) and causally to its own completion's. Token 0 of a row is predicted by
+    its prompt's last hidden state, token t ≥ 1 by completion token t − 1's.
     """
     from transformers import DynamicCache
 
     device = completion_ids.device
     plen = torch.tensor([len(p) for p in unique], dtype=torch.long, device=device)          # [U]
-    seg = torch.repeat_interleave(torch.arange(len(unique), device=device), plen)           # [ΣP] prompt of each key
+    pseg = torch.repeat_interleave(torch.arange(len(unique), device=device), plen)          # [ΣP] prompt of each key
     ppos = torch.cat([torch.arange(n, device=device) for n in plen.tolist()])               # [ΣP]
     ids = torch.cat([torch.as_tensor(p, dtype=torch.long, device=device) for p in unique])
-    causal_p = (seg[:, None] == seg[None, :]) & (ppos[None, :] <= ppos[:, None])
+    causal_p = (pseg[:, None] == pseg[None, :]) & (ppos[None, :] <= ppos[:, None])
     cache = DynamicCache(config=decoder.config)
     h_prompt = decoder(input_ids=ids[None], position_ids=ppos[None], attention_mask=_mask4d(decoder, causal_p),
                        past_key_values=cache, use_cache=True).last_hidden_state[0]         # [ΣP, H]
     rp = torch.as_tensor(row_prompt, dtype=torch.long, device=device)                     # [B]
     first = h_prompt[(torch.cumsum(plen, 0) - 1)[rp]]                                      # [B, H]
-    t = torch.arange(completion_ids.shape[1], device=device)
-    crow, ct = (t[None, :] < lengths[:, None] - 1).nonzero(as_tuple=True)                  # [C] each, row-major
-    if len(crow):
-        allowed = torch.cat([seg[None, :] == rp[crow][:, None],
-                             (crow[None, :] == crow[:, None]) & (ct[None, :] <= ct[:, None])], dim=1)
-        h_comp = decoder(input_ids=completion_ids[crow, ct][None], position_ids=(plen[rp[crow]] + ct)[None],
+    sizes = (lengths.to(device) - 1).clamp(min=0)                                          # [B] completion inputs
+    if int(sizes.sum()):
+        row, offset, R, L = _layout(sizes.tolist(), False, device)
+        crow, ct, seg, pos = _segments(row, offset, sizes, R, L)                           # crow, ct row-major
+        comp = torch.zeros(R, L, dtype=torch.long, device=device)
+        comp[row[crow], offset[crow] + ct] = completion_ids[crow, ct]
+        own_prompt = torch.where(seg >= 0, rp[seg.clamp(min=0)], -1)                       # [R, L]
+        allowed = torch.cat([pseg[None, None, :] == own_prompt[:, :, None], _within(seg, pos)], dim=2)
+        cache.batch_select_indices(torch.zeros(R, dtype=torch.long, device=device))
+        h_comp = decoder(input_ids=comp, position_ids=torch.where(seg >= 0, plen[own_prompt.clamp(min=0)] + pos, 0),
                          attention_mask=_mask4d(decoder, allowed), past_key_values=cache,
-                         use_cache=True).last_hidden_state[0]                              # [C, H]
-        first = torch.cat([first, h_comp])
+                         use_cache=True).last_hidden_state                                 # [R, L, H]
+        first = torch.cat([first, h_comp[row[crow], offset[crow] + ct]])                   # [B + C, H]
+    t = torch.arange(completion_ids.shape[1], device=device)
     rows, cols = (t[None, :] < lengths[:, None]).nonzero(as_tuple=True)
-    before = torch.cumsum((lengths - 1).clamp(min=0), 0) - (lengths - 1).clamp(min=0)      # [B] first index in C
+    before = torch.cumsum(sizes, 0) - sizes                                                # [B] first index in C
     return first[torch.where(cols == 0, rows, len(rp) + before[rows] + cols - 1)]
 
 
 def _mask4d(decoder: torch.nn.Module, allowed: torch.Tensor) -> torch.Tensor:
-    """[1, 1, q, k] from a bool [q, k] (True: may attend): bool for SDPA, additive (0 / dtype min) for eager."""
+    """[R, 1, q, k] from a bool [q, k] (R = 1) or [R, q, k] (True: may attend): bool for SDPA, additive (0 / dtype
+    min) for eager."""
+    allowed = (allowed if allowed.dim() == 3 else allowed[None])[:, None]
     if decoder.config._attn_implementation != "eager":
-        return allowed[None, None]
+        return allowed
     dtype = next(decoder.parameters()).dtype
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
-        ~allowed, torch.finfo(dtype).min)[None, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def decoder_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Linear]:
