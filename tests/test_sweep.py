@@ -427,3 +427,37 @@ def test_example_sweeps_validate_and_reproduce_their_presets(monkeypatch):
             k = s.variant.rpartition("_k")[2]
             assert s.config == load_config(f"configs/tiny_arith/{preset}.yaml", [
                 *budget, f"algo.k={k}", f"seed={s.seed}", "algo.aggregation=seq_mean_token_mean"]), s.name  # as run
+
+
+def test_smollm2_study_sweeps_are_the_presets_at_one_budget(monkeypatch):
+    """configs/sweeps/smollm2_*.yaml (docs/results.md, issue 19): every arm is its SmolLM2 preset at the study's
+    budget, and every arm of a study runs the same steps, prompts and samples per prompt."""
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    specs = expand(load_sweep("configs/sweeps/smollm2_aapo.yaml"))
+    assert len(specs) == 4 * 5
+    for s in specs:
+        assert s.config == load_config(f"configs/smollm2/{s.variant}.yaml",
+                                       ["steps=16", "eval.every=4", f"seed={s.seed}"]), s.name
+    specs = expand(load_sweep("configs/sweeps/smollm2_maxpo.yaml"))
+    assert len(specs) == 5 * 5
+    budget = ["steps=16", "eval.n=8", "eval.temperature=0.7", "eval.at_start=false"]
+    for s in specs:
+        name, _, k = s.variant.rpartition("_k")
+        preset = {"maxpo": ("maxpo", []), "pkpo_sloo1": ("pkpo", []),
+                  "pkpo_sloo": ("pkpo", ["algo.advantage_kwargs.baseline=loo"]),
+                  "passk_training": ("grpo", ["algo.advantage=passk_training", f"algo.k={k}"])}.get(
+            name, ("grpo", ["eval.at_start=true"]))
+        assert s.config == load_config(f"configs/smollm2/{preset[0]}.yaml", [*budget, *preset[1], f"seed={s.seed}"]), \
+            s.name
+    specs = expand(load_sweep("configs/sweeps/smollm2_async.yaml"))
+    assert len(specs) == 5 * 2 * 5
+    for s in specs:
+        eta = s.grid["rollout.max_staleness"]
+        assert (s.config.trainer, s.config.steps, s.config.rollout.max_staleness) == ("async", 16, eta)
+        assert s.config.model == load_config("configs/smollm2/grpo.yaml").model
+        assert s.config.rollout.prompts_per_step == 8 and s.config.rollout.group_size == 8
+    losses = {(s.config.algo.loss, s.config.algo.old_logprobs, s.config.algo.aggregation) for s in specs}
+    assert losses == {("asympo", "recompute", "seq_mean_token_mean"), ("spo", "recompute", "seq_mean_token_mean"),
+                      ("current_policy", "recompute", "seq_mean_token_mean"),
+                      ("decoupled_ppo", "recompute", "token_mean"), ("ppo_clip", "behavior", "seq_mean_token_mean")}
