@@ -365,35 +365,40 @@ def packed_shared_hidden(decoder: torch.nn.Module, unique: list[list[int]], row_
                          completion_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """[N, H], row-major over (row b, token t < lengths[b]): ``shared_prompt_hidden`` without padding.
 
-    Pass 1: the U distinct prompts back to back in one row (positions restarting, each attending causally within
-    itself) fill a KV cache. Pass 2: every row's completion[:lengths − 1], packed into rows of at most the longest
-    one's length (first-fit decreasing), at positions len(prompt) + t, each token attending to its own prompt's keys
-    (the cache, copied to each packed row) and causally to its own completion's. Token 0 of a row is predicted by
-    its prompt's last hidden state, token t ≥ 1 by completion token t − 1's.
+    Pass 1: the U distinct prompts, packed into rows of at most the longest one's length (positions restarting,
+    each attending causally within itself), fill a KV cache. Pass 2: every row's completion[:lengths − 1], packed
+    the same way, at positions len(prompt) + t; each packed row's cache holds the keys of just the prompts its
+    completions continue (gathered from pass 1), and each token attends to its own prompt's keys and causally to
+    its own completion's. Token 0 of a row is predicted by its prompt's last hidden state, token t ≥ 1 by
+    completion token t − 1's.
     """
     from transformers import DynamicCache
 
     device = completion_ids.device
     plen = torch.tensor([len(p) for p in unique], dtype=torch.long, device=device)          # [U]
-    pseg = torch.repeat_interleave(torch.arange(len(unique), device=device), plen)          # [ΣP] prompt of each key
-    ppos = torch.cat([torch.arange(n, device=device) for n in plen.tolist()])               # [ΣP]
-    ids = torch.cat([torch.as_tensor(p, dtype=torch.long, device=device) for p in unique])
-    causal_p = (pseg[:, None] == pseg[None, :]) & (ppos[None, :] <= ppos[:, None])
+    prow, poff, R1, L1 = _layout(plen.tolist(), False, device)
+    pitem, pt, pseg, ppos = _segments(prow, poff, plen, R1, L1)
+    ids = torch.zeros(R1, L1, dtype=torch.long, device=device)
+    ids[prow[pitem], poff[pitem] + pt] = torch.cat([torch.as_tensor(p, dtype=torch.long, device=device)
+                                                    for p in unique])
     cache = DynamicCache(config=decoder.config)
-    h_prompt = decoder(input_ids=ids[None], position_ids=ppos[None], attention_mask=_mask4d(decoder, causal_p),
-                       past_key_values=cache, use_cache=True).last_hidden_state[0]         # [ΣP, H]
+    h_prompt = decoder(input_ids=ids, position_ids=ppos, attention_mask=_mask4d(decoder, _within(pseg, ppos)),
+                       past_key_values=cache, use_cache=True).last_hidden_state            # [R1, L1, H]
     rp = torch.as_tensor(row_prompt, dtype=torch.long, device=device)                     # [B]
-    first = h_prompt[(torch.cumsum(plen, 0) - 1)[rp]]                                      # [B, H]
+    first = h_prompt[prow[rp], poff[rp] + plen[rp] - 1]                                    # [B, H]
     sizes = (lengths.to(device) - 1).clamp(min=0)                                          # [B] completion inputs
     if int(sizes.sum()):
         row, offset, R, L = _layout(sizes.tolist(), False, device)
         crow, ct, seg, pos = _segments(row, offset, sizes, R, L)                           # crow, ct row-major
         comp = torch.zeros(R, L, dtype=torch.long, device=device)
         comp[row[crow], offset[crow] + ct] = completion_ids[crow, ct]
-        own_prompt = torch.where(seg >= 0, rp[seg.clamp(min=0)], -1)                       # [R, L]
-        allowed = torch.cat([pseg[None, None, :] == own_prompt[:, :, None], _within(seg, pos)], dim=2)
-        cache.batch_select_indices(torch.zeros(R, dtype=torch.long, device=device))
-        h_comp = decoder(input_ids=comp, position_ids=torch.where(seg >= 0, plen[own_prompt.clamp(min=0)] + pos, 0),
+        own = torch.where(seg >= 0, rp[seg.clamp(min=0)], -1)                              # [R, L] prompt id
+        keys, key_prompt = _prompt_keys(own, plen, prow * L1 + poff)                       # [R, K] each
+        for layer in cache.layers:                  # [R1, kv, L1, d] -> [R, kv, K, d], differentiable
+            layer.keys, layer.values = (_gather_positions(x, keys) for x in (layer.keys, layer.values))
+        allowed = torch.cat([(key_prompt[:, None, :] == own[:, :, None]) & (key_prompt[:, None, :] >= 0),
+                             _within(seg, pos)], dim=2)                                    # [R, L, K + L]
+        h_comp = decoder(input_ids=comp, position_ids=torch.where(seg >= 0, plen[own.clamp(min=0)] + pos, 0),
                          attention_mask=_mask4d(decoder, allowed), past_key_values=cache,
                          use_cache=True).last_hidden_state                                 # [R, L, H]
         first = torch.cat([first, h_comp[row[crow], offset[crow] + ct]])                   # [B + C, H]
@@ -401,6 +406,30 @@ def packed_shared_hidden(decoder: torch.nn.Module, unique: list[list[int]], row_
     rows, cols = (t[None, :] < lengths[:, None]).nonzero(as_tuple=True)
     before = torch.cumsum(sizes, 0) - sizes                                                # [B] first index in C
     return first[torch.where(cols == 0, rows, len(rp) + before[rows] + cols - 1)]
+
+
+def _prompt_keys(own: torch.Tensor, plen: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each packed row of ``own`` ([R, L]: the prompt id of each token, −1 on padding), the flat pass-1
+    positions of the keys of the prompts it needs, back to back ([R, K], 0 past the end), and whose they are
+    ([R, K], −1 past the end); ``start[u]``: prompt u's first flat position."""
+    need = [sorted(set(r.tolist()) - {-1}) for r in own]
+    K = max(max((sum(int(plen[u]) for u in us) for us in need), default=0), 1)
+    keys = torch.zeros(len(need), K, dtype=torch.long, device=own.device)
+    key_prompt = torch.full((len(need), K), -1, dtype=torch.long, device=own.device)
+    for r, us in enumerate(need):
+        o = 0
+        for u in us:
+            n = int(plen[u])
+            keys[r, o:o + n] = start[u] + torch.arange(n, device=own.device)
+            key_prompt[r, o:o + n] = u
+            o += n
+    return keys, key_prompt
+
+
+def _gather_positions(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [R1, kv, L1, d] viewed as R1·L1 positions -> [R, kv, K, d] at the flat positions ``index`` [R, K]."""
+    R1, kv, L1, d = x.shape
+    return x.transpose(1, 2).reshape(R1 * L1, kv, d)[index].transpose(1, 2)
 
 
 def _mask4d(decoder: torch.nn.Module, allowed: torch.Tensor) -> torch.Tensor:
