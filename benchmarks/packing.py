@@ -9,7 +9,8 @@ rows, padded       today's default: ``algo.micro_batch_size`` rows per micro-bat
                    to the micro-batch's longest row (shared prompts on, as the trainer runs)
 budget, padded     ``algo.max_tokens_per_micro_batch``: rows sorted by length into micro-batches of at most
                    ``--max-tokens`` padded tokens
-rows, packed       ``model.pack_sequences``: the same row split, each micro-batch in one row without padding
+rows, packed       ``model.pack_sequences``: the same row split, each micro-batch packed without padding (rows
+                   of at most its longest sequence)
 budget, packed     both: micro-batches of at most ``--max-tokens`` real tokens, each packed
 =================  ==========================================================================================
 
