@@ -383,13 +383,18 @@ def test_shared_and_unshared_agree_in_float64():
         assert float((out[True][2][name] - g).norm()) <= 3e-7 * float(g.norm()) + 1e-12, name
 
 
-def test_shared_prompts_with_lora_match_naive():
-    base, _ = tiny_random(3)
-    peft_model = apply_lora(base, rank=4, alpha=8)
+def lora_with_random_b(base, rank=4, alpha=8):
+    """LoRA on ``base`` with its B matrices drawn (not zero), so that the adapters change the outputs."""
+    model = apply_lora(base, rank=rank, alpha=alpha)
     with torch.no_grad():
-        for name, p in peft_model.named_parameters():
+        for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    return model
+
+
+def test_shared_prompts_with_lora_match_naive():
+    peft_model = lora_with_random_b(tiny_random(3)[0])
     prompts, completion, lengths = grouped_batch(seed=2)
     w = _weights(lengths, completion.shape[1], seed=5)
     lp, _ = completion_logprobs(peft_model, prompts, completion, lengths)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from rlvr.logprobs import completion_logprobs, pack_into_rows
-from rlvr.models import apply_lora, tiny_random
-from test_logprobs import TokenCount, grads, grouped_batch, naive_logprobs
+from rlvr.models import tiny_random
+from test_logprobs import TokenCount, grads, grouped_batch, lora_with_random_b, naive_logprobs
 
 
 def _llama(attn: str = "sdpa"):
@@ -142,13 +142,8 @@ def test_packed_rows_never_see_each_other():
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_packed_with_lora_and_checkpointing_match_padded(checkpointing):
     """LoRA gradients reach only the adapters and equal the padded path's; under checkpointing the packed path runs
-    without a cache (one pass, HF's own block-diagonal mask from the restarting position ids)."""
-    base = _llama().double()
-    model = apply_lora(base, rank=4, alpha=8)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    without a cache (one pass over the packed rows of prompt + completion)."""
+    model = lora_with_random_b(_llama().double())
     prompts, completion, lengths = grouped_batch(seed=10)
     padded = _run(model, prompts, completion, lengths)
     if checkpointing:
