@@ -438,10 +438,10 @@ def test_smollm2_study_sweeps_are_the_presets_at_one_budget(monkeypatch):
     assert len(specs) == 4 * 5
     for s in specs:
         assert s.config == load_config(f"configs/smollm2/{s.variant}.yaml",
-                                       ["steps=16", "eval.every=4", f"seed={s.seed}"]), s.name
+                                       ["steps=16", "optim.lr=2e-4", "eval.every=4", f"seed={s.seed}"]), s.name
     specs = expand(load_sweep("configs/sweeps/smollm2_maxpo.yaml"))
     assert len(specs) == 5 * 5
-    budget = ["steps=16", "eval.n=8", "eval.temperature=0.7", "eval.at_start=false"]
+    budget = ["steps=16", "optim.lr=2e-4", "eval.n=8", "eval.temperature=0.7", "eval.at_start=false"]
     for s in specs:
         name, _, k = s.variant.rpartition("_k")
         preset = {"maxpo": ("maxpo", []), "pkpo_sloo1": ("pkpo", []),
@@ -454,7 +454,7 @@ def test_smollm2_study_sweeps_are_the_presets_at_one_budget(monkeypatch):
     assert len(specs) == 5 * 2 * 5
     for s in specs:
         eta = s.grid["rollout.max_staleness"]
-        assert (s.config.trainer, s.config.steps, s.config.rollout.max_staleness) == ("async", 16, eta)
+        assert (s.config.trainer, s.config.steps, s.config.optim.lr, s.config.rollout.max_staleness) == ("async", 16, 2e-4, eta)
         assert s.config.model == load_config("configs/smollm2/grpo.yaml").model
         assert s.config.rollout.prompts_per_step == 8 and s.config.rollout.group_size == 8
     losses = {(s.config.algo.loss, s.config.algo.old_logprobs, s.config.algo.aggregation) for s in specs}
