@@ -96,9 +96,10 @@ def test_a_packed_row_sees_only_the_prompts_it_continues():
 def test_packed_rows_hold_at_most_the_longest_sequence():
     """grouped_batch: prompts of 5, 2, 1 tokens over 7 rows, completion lengths 6, 0, 3, 1, 5, 2, 6 (inputs
     l − 1 ≥ 0). Shared and packed: pass 1 holds the 3 prompts in rows of at most 5: [5], [2 + 1] -> 2 × 5 = 10
-    positions (Σ = 8; 3 × 5 padded); pass 2 the completion inputs 5, 0, 2, 0, 4, 1, 5 in rows of at most 5: [5],
-    [5], [4 + 1], [2] -> 4 × 5 = 20 positions (Σ = 17), against 7 × 5 padded. Unshared: prompt + inputs 10, 5, 4, 5, 6, 2, 7 in rows of at most 10: [10], [7 + 2], [6 + 4],
-    [5 + 5] -> 4 × 10 = 40 (Σ = 39), against 7 × 11 padded."""
+    positions (Σ = 8; 3 × 5 padded); pass 2 the completion inputs 5, 0, 2, 0, 4, 1, 5 in rows of at most 5:
+    [5], [5], [4 + 1], [2] -> 4 × 5 = 20 positions (Σ = 17), against 7 × 5 padded. Unshared: prompt + inputs
+    10, 5, 4, 5, 6, 2, 7 in rows of at most 10: [10], [7 + 2], [6 + 4], [5 + 5] -> 4 × 10 = 40 (Σ = 39),
+    against 7 × 11 padded."""
     model = _qwen2()
     prompts, completion, lengths = grouped_batch()
     for share, want in ((True, (2, 10 + 20)), (False, (1, 40))):

@@ -454,7 +454,8 @@ def test_smollm2_study_sweeps_are_the_presets_at_one_budget(monkeypatch):
     assert len(specs) == 5 * 2 * 5
     for s in specs:
         eta = s.grid["rollout.max_staleness"]
-        assert (s.config.trainer, s.config.steps, s.config.optim.lr, s.config.rollout.max_staleness) == ("async", 16, 2e-4, eta)
+        c = s.config
+        assert (c.trainer, c.steps, c.optim.lr, c.rollout.max_staleness) == ("async", 16, 2e-4, eta)
         assert s.config.model == load_config("configs/smollm2/grpo.yaml").model
         assert s.config.rollout.prompts_per_step == 8 and s.config.rollout.group_size == 8
     losses = {(s.config.algo.loss, s.config.algo.old_logprobs, s.config.algo.aggregation) for s in specs}
