@@ -1,5 +1,6 @@
 """A sweep's runs grouped into cells (one variant at one grid point: its seeds), and the per-run measures of the
-studies. Runs that never logged a reward or evaluation are missing (``Cell.planned`` counts them)."""
+studies. Runs that never logged a reward or evaluation, or have not reached the plan's ``steps`` (still running,
+interrupted or failed), are missing (``Cell.planned`` counts them)."""
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ class Cell:
 
 def load_cells(out_dir: str | Path) -> list[Cell]:
     """The cells of the sweep in ``out_dir`` (its ``sweep.json``), in plan order; runs without a reward or
-    evaluation logged are missing. FileNotFoundError / ValueError from ``rlvr.sweep.read_plan``."""
+    evaluation logged, or short of the plan's ``steps``, are missing. FileNotFoundError / ValueError from ``rlvr.sweep.read_plan``."""
     out = Path(out_dir)
     cells: dict[tuple[str, str], Cell] = {}
     for entry in read_plan(out):
@@ -45,7 +46,9 @@ def load_cells(out_dir: str | Path) -> list[Cell]:
         run_dir = out / entry["name"]
         if (run_dir / "metrics.jsonl").is_file():
             run = load_run(run_dir)
-            if any(k.startswith(("reward/", "eval/")) for r in run.rows for k in r):
+            logged = any(k.startswith(("reward/", "eval/")) for r in run.rows for k in r)
+            last = max((int(r.get("step", 0)) for r in run.rows), default=0)
+            if logged and last >= int(entry.get("steps") or 0):      # a run still going (or failed) is missing
                 cell.runs.append(run)
     if not cells:
         raise ValueError(f"{out / 'sweep.json'}: every run of the plan is excluded")

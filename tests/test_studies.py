@@ -106,6 +106,17 @@ def test_cells_group_the_plans_seeds_and_count_missing_runs(tmp_path):
         C.load_cells(tmp_path / "nowhere")
 
 
+def test_a_run_short_of_the_plans_steps_is_missing(tmp_path):
+    """A run still going (or interrupted, or failed) counts as missing until it reaches the plan's steps."""
+    root = sweep(tmp_path, [("a", {}, 0, eval_rows([0.1, 0.2, 0.3]), {}), ("a", {}, 1, eval_rows([0.1, 0.2]), {})])
+    plan = json.loads((root / "sweep.json").read_text())
+    for entry in plan["runs"]:
+        entry["steps"] = 2
+    (root / "sweep.json").write_text(json.dumps(plan))
+    (cell,) = C.load_cells(root)
+    assert (len(cell.runs), cell.planned) == (1, 2) and cell.runs[0].path.name == "a__seed=0"
+
+
 # ------------------------------------------------------------------------------------------------------- reports
 
 def test_aapo_table_figures(tmp_path):
