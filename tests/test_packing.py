@@ -76,10 +76,11 @@ def test_packed_matches_full_logits_in_float32():
 
 
 def test_pack_into_rows_by_hand():
-    # longest first into the first row with room; size 0 left out; an item over the capacity alone
-    assert pack_into_rows([5, 0, 3, 4, 2, 5], 5) == [[0], [5], [3], [2, 4]]
+    # longest first into the first row with room (size 0 last, into the first row); an item over the capacity alone
+    assert pack_into_rows([5, 0, 3, 4, 2, 5], 5) == [[0, 1], [5], [3], [2, 4]]
     assert pack_into_rows([7, 2], 5) == [[0], [1]]
-    assert pack_into_rows([0, 0], 3) == [] and pack_into_rows([], 3) == []
+    assert pack_into_rows([0, 0], 3) == [[0, 1]]
+    assert pack_into_rows([], 3) == []
 
 
 def test_a_packed_row_sees_only_the_prompts_it_continues():

@@ -285,10 +285,11 @@ def can_mask(decoder: torch.nn.Module) -> bool:
 
 def pack_into_rows(sizes: list[int], capacity: int) -> list[list[int]]:
     """Indices of ``sizes`` grouped into rows of at most ``capacity`` (first-fit decreasing, ties by index; an item
-    larger than ``capacity`` gets a row of its own). Items of size 0 are left out."""
+    larger than ``capacity`` gets a row of its own). Packed sequences and packed token-budget micro-batches
+    (``trainer.microbatch.pack``) are both cut this way."""
     rows: list[list[int]] = []
     used: list[int] = []
-    for i in sorted((i for i, n in enumerate(sizes) if n > 0), key=lambda i: (-sizes[i], i)):
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
         k = next((k for k, u in enumerate(used) if u + sizes[i] <= capacity), len(rows))
         if k == len(rows):
             rows.append([])

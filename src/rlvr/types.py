@@ -97,6 +97,13 @@ class Rollout:
                              f"completion_ids), got "
                              f"{f'{tv.dtype}{list(tv.shape)}' if isinstance(tv, torch.Tensor) else type(tv).__name__}")
 
+    @staticmethod
+    def oldest_version(token_versions: torch.Tensor, lengths: torch.Tensor, default: int) -> int:
+        """The oldest version among the valid tokens (t < lengths[b]) of ``token_versions`` [B, T]; ``default`` when
+        there are none."""
+        valid = torch.arange(token_versions.shape[1])[None, :] < lengths.cpu()[:, None]
+        return int(token_versions[valid].min()) if bool(valid.any()) else default
+
     def versions(self) -> torch.Tensor:
         """Long[B, T]: each token's sampling version (``token_versions``, else ``policy_version`` everywhere);
         0 at or after ``lengths[b]``."""

@@ -423,8 +423,7 @@ class HFSampler:
         completion_ids = out[:, :T].clone()
         behavior_logprobs = blp[:, :T].cpu().clone() if blp is not None else None
         token_versions = tv[:, :T].cpu().clone() if tv is not None else None
-        valid = torch.arange(T)[None, :] < lengths[:, None]
-        oldest = int(token_versions[valid].min()) if token_versions is not None and bool(valid.any()) else start
+        oldest = Rollout.oldest_version(token_versions, lengths, start) if token_versions is not None else start
         texts = self.tokenizer.batch_decode([row[:k].tolist() for row, k in zip(completion_ids, lengths.tolist())],
                                             skip_special_tokens=True) if B else []
         return Rollout(prompt_ids=[list(p) for p in prompts for _ in range(n)], completion_ids=completion_ids,

@@ -104,15 +104,10 @@ def _select_rows(rows: list[tuple[Rollout, int]]) -> Rollout:
     return Rollout(
         prompt_ids=[ro.prompt_ids[i] for ro, i in rows], completion_ids=ids, lengths=lengths,
         finish_reasons=[ro.finish_reasons[i] for ro, i in rows], texts=[ro.texts[i] for ro, i in rows],
-        policy_version=_oldest(versions, lengths) if versions is not None else min(ro.policy_version for ro, _ in rows),
+        policy_version=Rollout.oldest_version(versions, lengths, 0) if versions is not None
+        else min(ro.policy_version for ro, _ in rows),
         behavior_logprobs=behavior, token_versions=versions,
     )
-
-
-def _oldest(versions: torch.Tensor, lengths: torch.Tensor) -> int:
-    """The oldest version among the valid tokens of ``versions`` [B, T] (0 when there are none)."""
-    valid = torch.arange(versions.shape[1])[None, :] < lengths[:, None]
-    return int(versions[valid].min()) if bool(valid.any()) else 0
 
 
 def _select_scores(rows: list[tuple[Scores, int]]) -> Scores:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlvr.logprobs import pack_into_rows
 from rlvr.trainer.dist import World
 
 Tensor = torch.Tensor
@@ -71,22 +72,21 @@ def pack(rows: Tensor, lengths: Tensor, max_tokens: int, packed: bool = False) -
     """``rows`` in micro-batches of at most ``max_tokens`` tokens, longest row first: padded, rows × the micro-batch's
     longest row, each micro-batch filled in turn; ``packed``, the sum of the rows' lengths, each row into the first
     micro-batch with room. A row over the budget alone (with a warning)."""
-    order = sorted(rows.tolist(), key=lambda r: (-int(lengths[r]), r))
+    ids = sorted(rows.tolist())
+    for r in ids:
+        if int(lengths[r]) > max_tokens:
+            warnings.warn(f"a row of {int(lengths[r])} prompt + completion tokens exceeds "
+                          f"algo.max_tokens_per_micro_batch={max_tokens}: it gets a micro-batch of its own",
+                          stacklevel=2)
+    if packed:
+        return [torch.tensor([ids[i] for i in mb], dtype=torch.long)
+                for mb in pack_into_rows([int(lengths[r]) for r in ids], max_tokens)]
     out: list[list[int]] = []
-    used: list[int] = []
-    for r in order:
-        n = int(lengths[r])
-        fits = [i for i, u in enumerate(used) if u + n <= max_tokens] if packed else \
-            [len(out) - 1] if out and (len(out[-1]) + 1) * int(lengths[out[-1][0]]) <= max_tokens else []
-        if fits:
-            out[fits[0]].append(r)
-            used[fits[0]] += n
-            continue
-        if n > max_tokens:
-            warnings.warn(f"a row of {n} prompt + completion tokens exceeds algo.max_tokens_per_micro_batch="
-                          f"{max_tokens}: it gets a micro-batch of its own", stacklevel=2)
-        out.append([r])
-        used.append(n)
+    for r in sorted(ids, key=lambda r: (-int(lengths[r]), r)):
+        if out and (len(out[-1]) + 1) * int(lengths[out[-1][0]]) <= max_tokens:
+            out[-1].append(r)
+        else:
+            out.append([r])
     return [torch.tensor(mb, dtype=torch.long) for mb in out]
 
 
