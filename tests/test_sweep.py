@@ -171,6 +171,22 @@ def test_dry_run_prints_the_plan_and_runs_nothing(sweep_dir, capsys):
     assert not Path("runs").exists()
 
 
+def test_only_glob_matches_whole_names_and_plain_patterns_substrings(sweep_dir, capsys):
+    path = _write(sweep_dir / "s.yaml", "base: tiny.yaml\nseeds: [0, 1]\nvariants:\n  grpo: []\n  dr_grpo: [optim.lr=0.02]\n")
+    assert main(["sweep", str(path), "--dry-run", "--only", "grpo__*"]) == 0
+    out = capsys.readouterr().out
+    assert "start   grpo__seed=0" in out and "start   grpo__seed=1" in out
+    assert "exclude dr_grpo__seed=0" in out and "exclude dr_grpo__seed=1" in out
+    assert main(["sweep", str(path), "--dry-run", "--only", "grpo__seed=0"]) == 0  # a substring: both variants
+    out = capsys.readouterr().out
+    assert "start   grpo__seed=0" in out and "start   dr_grpo__seed=0" in out and "exclude grpo__seed=1" in out
+    assert main(["sweep", str(path), "--dry-run", "--only", "grpo__seed=[01]", "--only", "dr_*=1"]) == 0
+    out = capsys.readouterr().out
+    assert "exclude dr_grpo__seed=0" in out and "start   dr_grpo__seed=1" in out and "start   grpo__seed=1" in out
+    assert main(["sweep", str(path), "--dry-run", "--only", "grpo*x"]) == 2
+    assert "--only grpo*x: matches no run" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 
 E2E = """

@@ -47,8 +47,9 @@ A run that exits non-zero (or exits without reaching ``steps``) is failed: the s
 lists the failures with their logs at the end, and exits 1. ``OUT/sweep.json`` holds the expanded plan (name,
 variant, grid values, seed, overrides, steps, status, seconds, log), rewritten atomically whenever a run starts or
 ends; status is ``pending``, ``running``, ``done`` (complete before this invocation), ``started`` (trained from
-scratch now), ``resumed``, ``failed`` or ``excluded`` (left out by ``--only``). ``--only SUBSTRING`` (repeatable)
-runs only the runs whose names contain one of the substrings.
+scratch now), ``resumed``, ``failed`` or ``excluded`` (left out by ``--only``). ``--only PATTERN`` (repeatable)
+runs only the runs that one of the patterns selects: a glob (with ``*``, ``?`` or ``[``) must match the whole name
+(``grpo__*`` picks GRPO's runs and not ``dr_grpo__seed=0``), any other pattern is a substring of the name.
 
 At the end, also when nothing was left to run, the report: ``rlvr compare`` over every complete run of the sweep
 with the ``compare:`` settings, written to ``OUT/report/`` (``compare.md`` and the PNG curves) and printed.
@@ -60,6 +61,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import fnmatch
 import hashlib
 import itertools
 import json
@@ -552,6 +554,13 @@ def _plan_lines(sweep: Sweep, entries: list[_Entry], overrides: bool = True) -> 
     return lines
 
 
+def _selects(pattern: str, name: str) -> bool:
+    """``--only``: a glob (``*``, ``?``, ``[``) matches the whole run name; any other pattern is a substring of it."""
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(name, pattern)
+    return pattern in name
+
+
 def _plan(sweep: Sweep, specs: list[RunSpec], only: Sequence[str]) -> list[_Entry]:
     """Each run's state (an existing directory must hold its config) and whether ``--only`` selects it."""
     entries = []
@@ -559,7 +568,7 @@ def _plan(sweep: Sweep, specs: list[RunSpec], only: Sequence[str]) -> list[_Entr
         state = run_state(spec)
         if state.action in ("done", "resume"):
             _check_existing(sweep, spec)
-        selected = not only or any(s in spec.name for s in only)
+        selected = not only or any(_selects(pattern, spec.name) for pattern in only)
         status = "done" if state.action == "done" else "pending" if selected else "excluded"
         entries.append(_Entry(spec, state, selected, status))
     if only and not any(e.selected for e in entries):
@@ -745,8 +754,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="DIR", help="where the runs go (default: the file's out:, else "
                                                      "runs/sweeps/<sweep file stem>)")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
-    parser.add_argument("--only", action="append", default=[], metavar="SUBSTRING",
-                        help="run only the runs whose names contain SUBSTRING (repeatable: any of them)")
+    parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                        help="run only the runs PATTERN selects: a glob (*, ?, [) matching the whole name, else a "
+                             "substring of it (repeatable: any of them)")
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="runs at a time (default 1)")
     return parser
 
