@@ -8,7 +8,8 @@ check) and its Markdown and plot (``*_report``: (lines, PNG paths written)).
   fraction of zero-variance groups over training and of groups whose only signal is AAPO's margin.
 * ``maxpo`` (configs/sweeps/maxpo.yaml): held-out pass@1 .. pass@8 at the end (8 samples per problem at
   temperature 1, the unbiased pass@k estimator), one row per estimator and K; the column pass@K is the metric that
-  estimator optimises; training reward and token entropy over the first 5 logged steps → the last 10 (seed means).
+  estimator optimises; training reward and token entropy over the first 5 logged steps → the last 10 (seed means);
+  a first row for the untrained model when runs evaluated at step 0 (``eval.at_start``), pooled over those runs.
 * ``async`` (configs/sweeps/async_staleness.yaml): per objective and staleness bound η: final held-out accuracy and
   its change from the start; **collapses**, a run whose training reward over its last 10 steps is below that over
   its first 5 (reward falling below its starting value) by a one-sided Welch t-test at the 5% level, and separately
@@ -193,21 +194,30 @@ def estimator_of(c: Cell) -> tuple[str, int | None]:
 
 
 def maxpo_table(cells: Sequence[Cell]) -> dict[str, Any]:
-    """{"metrics": the eval/pass@k logged, "rows": one dict per cell, ordered by K then estimator}. A row:
-    estimator, k, cell, pass ({metric: Estimate} at the end), pass_K (Estimate of pass@K, None without K), reward and
-    entropy ((first-5 mean, last-10 mean) over seeds, or None)."""
+    """{"metrics": the eval/pass@k logged, "rows": one dict per cell, ordered by K then estimator, "start": the
+    untrained model's {metric: Estimate} over every run that evaluated at step 0 (``eval.at_start``; each such run
+    is one more sample of the same model), or None}. A row: estimator, k, cell, pass ({metric: Estimate} at the
+    end), pass_K (Estimate of pass@K, None without K), reward and entropy ((first-5 mean, last-10 mean) over seeds,
+    or None)."""
     metrics = sorted({m for c in cells for r in c.runs for m in r.metric_names() if m.startswith("eval/pass@")},
                      key=lambda m: int(m.split("@")[1]))
     if not metrics:
         raise ValueError("maxpo study: no run logged eval/pass@k (the sweep needs eval.n > 1)")
     rows = []
+    starts = [r for c in cells for r in c.runs if _at_step(r, metrics[0], 0) is not None]
+    start = {m: Estimate.over_seeds([v for r in starts if (v := _at_step(r, m, 0)) is not None]) for m in metrics}
     for c in sorted(cells, key=lambda c: (estimator_of(c)[1] or 0, estimator_of(c)[0])):
         name, k = estimator_of(c)
         rows.append({"estimator": name, "k": k, "cell": c,
                      "pass": {m: c.estimate(lambda r, m=m: final_value(r, m)) for m in metrics},
                      "pass_K": c.estimate(lambda r: final_value(r, f"eval/pass@{k}")) if k else None,
                      "reward": _first_to_last(c, "reward/mean"), "entropy": _first_to_last(c, "policy/entropy")})
-    return {"metrics": metrics, "rows": rows}
+    return {"metrics": metrics, "rows": rows, "start": start if starts else None}
+
+
+def _at_step(run: Run, metric: str, step: int) -> float | None:
+    """The metric's value logged at ``step`` (None if not logged there)."""
+    return next((y for s, y in zip(*run.series(metric)) if s == step), None)
 
 
 def _arrow(pair: tuple[float, float] | None) -> str:
@@ -220,6 +230,10 @@ def maxpo_report(cells: Sequence[Cell], img: Path | None) -> tuple[list[str], li
              *[fmt(r["pass"][m], len(r["cell"].runs)) for m in t["metrics"]],
              fmt(r["pass_K"], len(r["cell"].runs)) if r["pass_K"] is not None else "—",
              _arrow(r["reward"]), _arrow(r["entropy"])] for r in t["rows"]]
+    if t["start"] is not None:
+        n = max(e.n for e in t["start"].values())
+        rows.insert(0, ["*start (no training)*", "", f"{n} evals",
+                        *[fmt(t["start"][m], n) for m in t["metrics"]], "", "", ""])
     lines = _table(["estimator", "K", "seeds", *[m.removeprefix("eval/") for m in t["metrics"]], "pass@K",
                     "reward, first 5 → last 10", "entropy, first 5 → last 10"], rows)
     if img is None:
@@ -237,6 +251,10 @@ def maxpo_report(cells: Sequence[Cell], img: Path | None) -> tuple[list[str], li
                 if c is not None:
                     points.append((k + (i - len(names) / 2) * 0.06 * k, c.estimate(lambda r: final_value(r, metric))))
             _errorbars(ax, points, name, f"C{i}", linestyle="--" if name == "grpo" else "-")
+        start = [(k, e.mean) for k in ks if t["start"] is not None
+                 and (e := t["start"].get("eval/pass@1" if which == "pass@1" else f"eval/pass@{k}")) and e.values]
+        if start:
+            ax.plot(*zip(*start), color="0.5", linestyle=":", marker="x", label="start (no training)")
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])
         _style(ax, "K the estimator optimises (grpo: K-independent)", f"held-out {which} at the end (mean ± 95% CI)")

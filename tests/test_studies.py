@@ -183,6 +183,26 @@ def test_maxpo_table_picks_pass_at_K(tmp_path):
     lines, written = R.maxpo_report(C.load_cells(root), tmp_path / "img")
     assert lines[0].split(" | ")[3:7] == ["pass@1", "pass@2", "pass@4", "pass@K"]
     assert written == [tmp_path / "img" / "study_maxpo.png"] and written[0].stat().st_size > 1000
+    assert t["start"] is None and not any("start" in line for line in lines)
+
+
+def test_maxpo_start_row_pools_the_runs_that_evaluated_at_step_0(tmp_path):
+    def rows(start, end):
+        first = [{"step": 0, **{f"eval/pass@{k}": v for k, v in zip((1, 2), start)}}] if start else []
+        return first + [{"step": s, "reward/mean": 0.1, "rollout/samples": 4} for s in range(1, 5)] + \
+            [{"step": 4, **{f"eval/pass@{k}": v for k, v in zip((1, 2), end)}}]
+    root = sweep(tmp_path, [
+        ("grpo", {}, 0, rows([0.10, 0.20], [0.5, 0.6]), {}),
+        ("grpo", {}, 1, rows([0.14, 0.30], [0.5, 0.6]), {}),
+        ("maxpo_k2", {}, 0, rows(None, [0.4, 0.7]), {"algo__advantage": "maxpo", "algo__k": 2}),
+    ])
+    t = R.maxpo_table(C.load_cells(root))
+    assert_estimate(t["start"]["eval/pass@1"], 0.12, T2 * 0.02, n=2)
+    assert_estimate(t["start"]["eval/pass@2"], 0.25, T2 * 0.05, n=2)
+    assert [r["pass"]["eval/pass@1"].mean for r in t["rows"]] == [0.5, 0.4]   # the end, not the start
+    lines, written = R.maxpo_report(C.load_cells(root), tmp_path / "img")
+    assert lines[2].split(" | ")[:4] == ["| *start (no training)*", "", "2 evals", f"0.120 ± {T2 * 0.02:.3f}"]
+    assert written[0].stat().st_size > 1000
 
 
 def test_async_table_rows(tmp_path):
