@@ -19,9 +19,9 @@ tr Cov(g) = E‖g − E g‖² exactly (no sampling), and autograd of the closed
 grpo and rloo estimate ∇ pass@1 (mean reward), not ∇ max@k: they are listed for their direction.
 ``passk_training`` needs binary rewards and is left out of non-binary problems.
 
-``--setting tiny-arith`` runs the same study by Monte Carlo on the tiny-arith language model at its initial weights
-(``benchmarks.variance_llm``, whose docstring gives the estimates and options: --prompts, --group, --replicates,
---ks, --seed, --threads); the default ``--setting bandit`` is the enumeration above (--groups, --ks).
+``--setting tiny-arith`` and ``--setting smollm2`` run the same study by Monte Carlo on a language model at its
+initial weights (``benchmarks.variance_llm``, whose docstring gives the estimates and options: --prompts, --group,
+--replicates, --ks, --seed, --threads); the default ``--setting bandit`` is the enumeration above (--groups, --ks).
 """
 from __future__ import annotations
 
@@ -131,12 +131,13 @@ def run(Gs: list[int], ks: list[int]) -> list[str]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from benchmarks import variance_llm
 
-    p.add_argument("--setting", choices=["bandit", "tiny-arith"], default="bandit",
-                   help="bandit: exact, by enumeration (default); tiny-arith: Monte Carlo on the language model")
+    p.add_argument("--setting", choices=["bandit", *variance_llm.SETTINGS], default="bandit",
+                   help="bandit: exact, by enumeration (default); tiny-arith, smollm2: Monte Carlo on that language "
+                        "model (benchmarks.variance_llm.SETTINGS)")
     p.add_argument("--groups", type=int_list, default=None,
                    help="bandit: comma-separated group sizes G (A^G groups are enumerated: 4^8 = 65,536; default 4,8)")
     p.add_argument("--ks", type=int_list, default=None,
-                   help="comma-separated k of max@k (k < G; default 2,4 for bandit, 2,4,8 for tiny-arith)")
+                   help="comma-separated k of max@k (k < G; default 2,4 for bandit and smollm2, 2,4,8 for tiny-arith)")
     variance_llm.add_arguments(p)
 
 
@@ -145,14 +146,14 @@ def command(args: argparse.Namespace) -> int:
 
     from benchmarks import variance_llm
 
-    other = ["--groups"] if args.setting == "tiny-arith" else [f"--{n}" for n in variance_llm.DEFAULTS]
+    other = ["--groups"] if args.setting != "bandit" else [f"--{n}" for n in variance_llm.OPTIONS]
     given = [o for o in other if getattr(args, o[2:]) is not None]
     if given:
         verb = "does" if len(given) == 1 else "do"
         print(f"python -m benchmarks variance: error: {', '.join(given)} {verb} not apply to --setting {args.setting}",
               file=sys.stderr)
         return 2
-    if args.setting == "tiny-arith":
+    if args.setting != "bandit":
         return variance_llm.command(args)
     groups = args.groups if args.groups is not None else [4, 8]
     for G in groups:

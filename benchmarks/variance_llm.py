@@ -1,11 +1,20 @@
-"""Monte-Carlo gradient variance of the max@k estimators on tiny-arith
-(``python -m benchmarks variance --setting tiny-arith``).
+"""Monte-Carlo gradient variance of the max@k estimators on a language model
+(``python -m benchmarks variance --setting tiny-arith`` or ``--setting smollm2``).
 
 The bandit setting of the variance benchmark enumerates every group; a language model's completions cannot be
-enumerated, so here E[g] and tr Cov(g) are estimated by Monte Carlo at FIXED parameters θ (the ``tiny-arith``
-preset's pretrained weights, before any RL), on a FIXED set of P prompts (drawn with ``--seed`` from the training
-split of configs/tiny_arith/grpo.yaml, as the trainer's ``PromptStream`` draws them): the variance is over sampling
-only.
+enumerated, so here E[g] and tr Cov(g) are estimated by Monte Carlo at FIXED parameters θ, on a FIXED set of P
+prompts (drawn with ``--seed`` from the training split of the setting's config, as the trainer's ``PromptStream``
+draws them): the variance is over sampling only. The settings (``SETTINGS``):
+
+* ``tiny-arith``: the shipped tiny-arith model's pretrained weights, every parameter trainable (a full
+  fine-tune, 1.1 M parameters), data and verifier of configs/tiny_arith/grpo.yaml; defaults P = 8, G = 16,
+  R = 64, k ∈ {2, 4, 8};
+* ``smollm2``: SmolLM2-135M-Instruct with the LoRA adapters of configs/smollm2/grpo.yaml at their initialisation
+  (r = 16 on q/k/v/o, seeded as the trainer seeds them; the trainable parameters are the adapters', and with
+  lora_B = 0 at initialisation only lora_B has a non-zero gradient), on that config's task (the main job's);
+  defaults P = 8, G = 8 (the studies' group), R = 32, k ∈ {2, 4}.
+
+The model is built as the trainer builds it (``rlvr.trainer.load_policy``), in float32.
 
 One replicate r = 1..R draws G completions o_{p,i} per prompt p (``HFSampler``, temperature 1, top_p 1, the
 config's max_new_tokens, seed ``derive_seed(seed, "variance", r)``), scores them with the config's verifier
@@ -72,10 +81,10 @@ from rlvr import advantages
 
 __all__ = ["Column", "MCResult", "Moments", "UnsupportedModel", "block_bounds", "estimator_columns",
            "estimator_gradients", "format_table", "monte_carlo", "ratio_interval", "replicate_gradients",
-           "sequence_logprobs", "weighted_gradient", "add_arguments", "check_args", "command", "run"]
+           "sequence_logprobs", "weighted_gradient", "SETTINGS", "Setting", "add_arguments", "check_args", "command",
+           "run"]
 
 Tensor = torch.Tensor
-CONFIG = "configs/tiny_arith/grpo.yaml"
 MAX_BLOCKS = 16
 REFERENCE = "maxpo"
 UNBIASED_FOR_MAX_AT_K = ("pkpo[none]", "pkpo[loo]", "pkpo[loo_minus_one]")
@@ -464,29 +473,51 @@ def format_table(res: MCResult) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# The tiny-arith setting
+# The settings
 # ----------------------------------------------------------------------------------------------
 
-def _config(seed: int, threads: int) -> Any:
+@dataclass(frozen=True)
+class Setting:
+    """A language-model setting: its config, the overrides that make the bench's sampling the policy itself
+    (temperature 1, top_p 1) and its defaults (P, G, R, ks)."""
+
+    config: str
+    overrides: tuple[str, ...]
+    prompts: int
+    group: int
+    replicates: int
+    ks: tuple[int, ...]
+
+
+SAMPLING = ("rollout.temperature=1.0", "rollout.top_p=1.0", "reward.num_workers=0", "model.dtype=float32")
+SETTINGS = {
+    "tiny-arith": Setting("configs/tiny_arith/grpo.yaml", ("model.name=tiny-arith", "model.lora=false", *SAMPLING),
+                          prompts=8, group=16, replicates=64, ks=(2, 4, 8)),
+    "smollm2": Setting("configs/smollm2/grpo.yaml", SAMPLING, prompts=8, group=8, replicates=32, ks=(2, 4)),
+}
+"""--setting -> its Setting (the bandit setting is ``benchmarks.variance``'s own)."""
+
+
+def _config(setting: str, seed: int, threads: int) -> Any:
     from benchmarks import config_path
     from rlvr.config import load_config
 
-    return load_config(config_path(CONFIG), ["model.name=tiny-arith", "model.lora=false", "model.dtype=float32",
-                                              "rollout.temperature=1.0", "rollout.top_p=1.0", "reward.num_workers=0",
-                                              f"seed={seed}", f"model.threads={threads}"])
+    s = SETTINGS[setting]
+    return load_config(config_path(s.config), [*s.overrides, f"seed={seed}", f"model.threads={threads}"])
 
 
-def _tiny_arith_draw(cfg: Any, model: Any, tokenizer: Any, pool: Any, P: int, G: int) -> tuple[Draw, list[Any]]:
-    """The fixed prompts (``PromptStream`` of the training split, seeded by cfg.seed) and the replicate sampler."""
+def _draw(cfg: Any, model: Any, tokenizer: Any, pool: Any, P: int, G: int) -> tuple[Draw, list[Any]]:
+    """The fixed prompts (``PromptStream`` of the training split, seeded by cfg.seed, encoded as the trainer
+    encodes them) and the replicate sampler."""
     from rlvr.rewards import RewardSettings, score
     from rlvr.rollout import HFSampler
     from rlvr.seeding import derive_seed
-    from rlvr.trainer import PromptStream, build_problems, make_encoder
+    from rlvr.trainer import PromptStream, build_problems, make_encoder, system_prompt
     from rlvr.types import SamplingParams
 
     train, _ = build_problems(cfg)
     problems = PromptStream(train, cfg.seed).take(P)
-    encode = make_encoder(tokenizer, cfg.model.system_prompt)
+    encode = make_encoder(tokenizer, system_prompt(cfg))
     prompt_ids = [encode(p) for p in problems]
     sampler = HFSampler(model, tokenizer, max_batch_size=cfg.rollout.max_batch_size)
     r = cfg.rollout
@@ -501,71 +532,84 @@ def _tiny_arith_draw(cfg: Any, model: Any, tokenizer: Any, pool: Any, P: int, G:
 
 
 def load_policy(cfg: Any) -> tuple[torch.nn.Module, Any]:
-    """The config's model (a full fine-tune in float32 here) with every parameter trainable, and its tokenizer."""
-    from rlvr.models import load_model
+    """The config's policy on the CPU as the trainer builds it (``rlvr.trainer.load_policy``: LoRA adapters seeded
+    by cfg.seed, or every parameter trainable without LoRA), and its tokenizer."""
+    from rlvr.trainer import load_policy as trainer_policy
 
-    model, tokenizer = load_model(cfg.model.name, dtype=torch.float32, cache_dir=cfg.model.cache_dir)
-    torch.manual_seed(cfg.seed)                  # as the trainer leaves the global generator after loading
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return model, tokenizer
+    return trainer_policy(cfg, torch.device("cpu"))
 
 
-def run(*, prompts: int = 8, group: int = 16, replicates: int = 64, ks: Sequence[int] = (2, 4, 8), seed: int = 0,
+def _trainable(cfg: Any, n_params: int) -> str:
+    m = cfg.model
+    if m.lora:
+        return f"{n_params:,} trainable parameters: LoRA r={m.lora_rank} on {'/'.join(m.lora_target_modules)}"
+    return f"{n_params:,} trainable parameters, every one"
+
+
+def run(*, setting: str = "tiny-arith", prompts: int | None = None, group: int | None = None,
+        replicates: int | None = None, ks: Sequence[int] | None = None, seed: int = 0,
         threads: int | None = None) -> list[str]:
-    """The table and the settings line for the tiny-arith setting."""
+    """The table and the settings line for a language-model setting (None: the setting's default)."""
     from benchmarks.cli import available_cores
     from rlvr.rewards import RewardPool
 
+    s = SETTINGS[setting]
+    prompts, group = prompts or s.prompts, group or s.group
+    replicates, ks = replicates or s.replicates, list(ks or s.ks)
     t0 = time.perf_counter()
     threads = threads or available_cores()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        cfg = _config(seed, threads)
+        cfg = _config(setting, seed, threads)
         model, tokenizer = load_policy(cfg)
         model.eval()
         binary = cfg.reward.format_weight == 0 and cfg.reward.overlong_buffer == 0
         columns = estimator_columns(group, ks, binary=binary)
         with RewardPool(num_workers=0, timeout_s=cfg.reward.timeout_s) as pool:
-            draw, _ = _tiny_arith_draw(cfg, model, tokenizer, pool, prompts, group)
+            draw, _ = _draw(cfg, model, tokenizer, pool, prompts, group)
             res = monte_carlo(model, draw, columns, replicates, chunk_size=cfg.model.logprob_chunk_size)
     finally:
         torch.set_num_threads(before)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    settings = (f"setting tiny-arith: model {cfg.model.name} ({n_params:,} trainable parameters, float32, initial "
-                f"weights), data/verifier of {CONFIG}; P={prompts} prompts (train split, seed {seed}), G={group}, "
-                f"R={replicates} replicates ({len(block_bounds(replicates))} blocks for the CIs), temperature 1.0, "
-                f"top_p 1.0, max_new_tokens {cfg.rollout.max_new_tokens}, seed {seed}; mean reward "
-                f"{res.mean_reward:.3f}, mean completion length {res.mean_length:.1f} tokens; {threads} torch thread(s), "
-                f"wall {time.perf_counter() - t0:.1f} s")
-    return [*format_table(res), "", settings]
+    line = (f"setting {setting}: model {cfg.model.name} ({_trainable(cfg, n_params)}, float32, initial weights), "
+            f"data/verifier of {s.config}; P={prompts} prompts (train split, seed {seed}), G={group}, "
+            f"R={replicates} replicates ({len(block_bounds(replicates))} blocks for the CIs), temperature 1.0, "
+            f"top_p 1.0, max_new_tokens {cfg.rollout.max_new_tokens}, seed {seed}; mean reward "
+            f"{res.mean_reward:.3f}, mean completion length {res.mean_length:.1f} tokens; {threads} torch thread(s), "
+            f"wall {time.perf_counter() - t0:.1f} s")
+    return [*format_table(res), "", line]
 
 
 # ----------------------------------------------------------------------------------------------
 # Command line (options registered by benchmarks.variance)
 # ----------------------------------------------------------------------------------------------
 
-DEFAULTS = {"prompts": 8, "group": 16, "replicates": 64, "seed": 0, "threads": None}
+OPTIONS = ("prompts", "group", "replicates", "seed", "threads")
+"""The options of the language-model settings (the bandit setting refuses them)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from benchmarks.cli import positive_int
 
-    p.add_argument("--prompts", type=positive_int, default=None, help="tiny-arith: P, fixed prompts (default 8)")
-    p.add_argument("--group", type=positive_int, default=None, help="tiny-arith: G, samples per prompt (default 16)")
+    p.add_argument("--prompts", type=positive_int, default=None, help="LM settings: P, fixed prompts (default 8)")
+    p.add_argument("--group", type=positive_int, default=None,
+                   help="LM settings: G, samples per prompt (default 16 for tiny-arith, 8 for smollm2)")
     p.add_argument("--replicates", type=int, default=None,
-                   help="tiny-arith: R, independent replicates, >= 2 (default 64)")
-    p.add_argument("--seed", type=int, default=None, help="tiny-arith: seed of the prompts and samples (default 0)")
+                   help="LM settings: R, independent replicates, >= 2 (default 64 for tiny-arith, 32 for smollm2)")
+    p.add_argument("--seed", type=int, default=None, help="LM settings: seed of the prompts and samples (default 0)")
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="tiny-arith: torch threads (default: every core this process may use; on a machine busy "
+                   help="LM settings: torch threads (default: every core this process may use; on a machine busy "
                         "with other work, --threads 1 can be more than 10x faster)")
 
 
 def check_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The run's keyword arguments, with defaults filled in; ValueError naming the option for bad input."""
-    kw = {name: DEFAULTS[name] if getattr(args, name) is None else getattr(args, name) for name in DEFAULTS}
-    ks = list(dict.fromkeys(args.ks)) if args.ks is not None else [2, 4, 8]
+    """The run's keyword arguments, with the setting's defaults filled in; ValueError naming the option for bad
+    input."""
+    s = SETTINGS[args.setting]
+    defaults = {"prompts": s.prompts, "group": s.group, "replicates": s.replicates, "seed": 0, "threads": None}
+    kw = {name: defaults[name] if getattr(args, name) is None else getattr(args, name) for name in OPTIONS}
+    ks = list(dict.fromkeys(args.ks)) if args.ks is not None else list(s.ks)
     G = kw["group"]
     if G < 2:
         raise ValueError(f"--group must be >= 2 (rloo and the max@k estimators need two samples), got {G}")
@@ -575,7 +619,7 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
     if bad:
         raise ValueError(f"--ks: every k must satisfy 1 <= k < --group = {G} (maxpo, the reference of the "
                          f"comparisons, needs G >= k + 1); got {bad}")
-    return dict(kw, ks=ks)
+    return dict(kw, ks=ks, setting=args.setting)
 
 
 def command(args: argparse.Namespace) -> int:

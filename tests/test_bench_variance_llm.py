@@ -117,6 +117,45 @@ def test_replicate_gradients_skips_zero_rows_and_falls_back_to_one_backward_per_
     assert not V.replicate_gradients(model, rollout, torch.zeros_like(weights)).any()
 
 
+def test_lora_adapters_per_sample_gradients_equal_per_sample_backward_passes(float64_norms):
+    """The smollm2 setting trains LoRA adapters (PEFT): only lora_A / lora_B are trainable, each a Linear called
+    as module(tensor). lora_B is drawn non-zero (at initialisation it is 0, and lora_A's gradient with it)."""
+    from rlvr.models import apply_lora
+
+    torch.manual_seed(0)
+    model = apply_lora(small_model(3, dtype=torch.float64), rank=4, alpha=8,
+                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0.0, 0.3)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    prompts, completions, lengths, weights = random_batch(seed=7)
+    want = oracle(model, prompts, completions, lengths, weights)
+    got = V.estimator_gradients(model, prompts, completions, lengths, weights)
+    assert got.shape == want.shape == (3, sum(p.numel() for p in model.parameters() if p.requires_grad))
+    assert float(want.norm()) > 0 and float((got - want).norm() / want.norm()) < 1e-10
+
+
+def test_the_settings_defaults_fill_in_per_setting():
+    import argparse
+
+    from benchmarks.variance import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    smol = V.check_args(p.parse_args(["--setting", "smollm2"]))
+    assert smol == {"prompts": 8, "group": 8, "replicates": 32, "seed": 0, "threads": None, "ks": [2, 4],
+                    "setting": "smollm2"}
+    tiny = V.check_args(p.parse_args(["--setting", "tiny-arith", "--replicates", "8"]))
+    assert (tiny["group"], tiny["replicates"], tiny["ks"]) == (16, 8, [2, 4, 8])
+    with pytest.raises(ValueError, match="--ks"):                     # G = 8 leaves no room for k = 8
+        V.check_args(p.parse_args(["--setting", "smollm2", "--ks", "8"]))
+    cfg = V._config("smollm2", 3, 1)
+    assert (cfg.model.name, cfg.model.lora, cfg.rollout.temperature, cfg.rollout.top_p, cfg.seed) == \
+        ("smollm2-135m-instruct", True, 1.0, 1.0, 3)
+
+
 def test_fp32_model_agrees_with_the_oracle_to_float_precision():
     model = small_model(4)
     prompts, completions, lengths, weights = random_batch(seed=5)
