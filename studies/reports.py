@@ -253,7 +253,9 @@ def maxpo_report(cells: Sequence[Cell], img: Path | None) -> tuple[list[str], li
             _errorbars(ax, points, name, f"C{i}", linestyle="--" if name == "grpo" else "-")
         start = [(k, e.mean) for k in ks if t["start"] is not None
                  and (e := t["start"].get("eval/pass@1" if which == "pass@1" else f"eval/pass@{k}")) and e.values]
-        if start:
+        if len(start) == 1:                                      # one K: a level across the estimators
+            ax.axhline(start[0][1], color="0.5", linestyle=":", label="start (no training)")
+        elif start:
             ax.plot(*zip(*start), color="0.5", linestyle=":", marker="x", label="start (no training)")
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])
