@@ -531,14 +531,6 @@ def _draw(cfg: Any, model: Any, tokenizer: Any, pool: Any, P: int, G: int) -> tu
     return draw, problems
 
 
-def load_policy(cfg: Any) -> tuple[torch.nn.Module, Any]:
-    """The config's policy on the CPU as the trainer builds it (``rlvr.trainer.load_policy``: LoRA adapters seeded
-    by cfg.seed, or every parameter trainable without LoRA), and its tokenizer."""
-    from rlvr.trainer import load_policy as trainer_policy
-
-    return trainer_policy(cfg, torch.device("cpu"))
-
-
 def _trainable(cfg: Any, n_params: int) -> str:
     m = cfg.model
     if m.lora:
@@ -552,6 +544,7 @@ def run(*, setting: str = "tiny-arith", prompts: int | None = None, group: int |
     """The table and the settings line for a language-model setting (None: the setting's default)."""
     from benchmarks.cli import available_cores
     from rlvr.rewards import RewardPool
+    from rlvr.trainer import load_policy
 
     s = SETTINGS[setting]
     prompts, group = prompts or s.prompts, group or s.group
@@ -562,7 +555,7 @@ def run(*, setting: str = "tiny-arith", prompts: int | None = None, group: int |
     torch.set_num_threads(threads)
     try:
         cfg = _config(setting, seed, threads)
-        model, tokenizer = load_policy(cfg)
+        model, tokenizer = load_policy(cfg, torch.device("cpu"))   # as a run builds it (LoRA seeded by cfg.seed)
         model.eval()
         binary = cfg.reward.format_weight == 0 and cfg.reward.overlong_buffer == 0
         columns = estimator_columns(group, ks, binary=binary)

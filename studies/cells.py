@@ -15,7 +15,7 @@ from rlvr.eval import Estimate
 from rlvr.sweep import read_plan
 
 __all__ = ["Cell", "load_cells", "mean_over", "window_mean", "lowest_window", "collapsed", "eval_start_end",
-           "eval_start", "eval_end", "eval_change", "value_at_budget", "first_reach"]
+           "eval_start", "eval_end", "eval_change", "value_at_step", "value_at_budget", "first_reach"]
 
 
 @dataclass
@@ -112,6 +112,11 @@ def eval_end(run: Run, metric: str = "eval/accuracy") -> float | None:
 def eval_change(run: Run, metric: str = "eval/accuracy") -> float | None:
     se = eval_start_end(run, metric)
     return None if se is None else se[1] - se[0]
+
+
+def value_at_step(run: Run, metric: str, step: int) -> float | None:
+    """The metric's value logged at ``step``; None if it was not logged there."""
+    return next((y for s, y in zip(*run.series(metric)) if s == step), None)
 
 
 def value_at_budget(run: Run, metric: str, budget: float) -> float | None:

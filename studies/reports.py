@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 from rlvr.compare import Run, final_value
 from rlvr.eval import Estimate
 from studies.cells import (Cell, collapsed, eval_change, eval_end, eval_start, first_reach, lowest_window, mean_over,
-                           value_at_budget, window_mean)
+                           value_at_budget, value_at_step, window_mean)
 
 __all__ = ["REPORTS", "aapo_table", "aapo_report", "maxpo_table", "maxpo_report", "async_table", "async_report",
            "fmt", "estimator_of"]
@@ -204,20 +204,15 @@ def maxpo_table(cells: Sequence[Cell]) -> dict[str, Any]:
     if not metrics:
         raise ValueError("maxpo study: no run logged eval/pass@k (the sweep needs eval.n > 1)")
     rows = []
-    starts = [r for c in cells for r in c.runs if _at_step(r, metrics[0], 0) is not None]
-    start = {m: Estimate.over_seeds([v for r in starts if (v := _at_step(r, m, 0)) is not None]) for m in metrics}
+    start = {m: Estimate.over_seeds([v for c in cells for r in c.runs if (v := value_at_step(r, m, 0)) is not None])
+             for m in metrics}
     for c in sorted(cells, key=lambda c: (estimator_of(c)[1] or 0, estimator_of(c)[0])):
         name, k = estimator_of(c)
         rows.append({"estimator": name, "k": k, "cell": c,
                      "pass": {m: c.estimate(lambda r, m=m: final_value(r, m)) for m in metrics},
                      "pass_K": c.estimate(lambda r: final_value(r, f"eval/pass@{k}")) if k else None,
                      "reward": _first_to_last(c, "reward/mean"), "entropy": _first_to_last(c, "policy/entropy")})
-    return {"metrics": metrics, "rows": rows, "start": start if starts else None}
-
-
-def _at_step(run: Run, metric: str, step: int) -> float | None:
-    """The metric's value logged at ``step`` (None if not logged there)."""
-    return next((y for s, y in zip(*run.series(metric)) if s == step), None)
+    return {"metrics": metrics, "rows": rows, "start": start if any(e.values for e in start.values()) else None}
 
 
 def _arrow(pair: tuple[float, float] | None) -> str:

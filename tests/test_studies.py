@@ -94,6 +94,8 @@ def test_budget_and_first_reach(tmp_path):
     assert C.value_at_budget(run, "eval/accuracy", 63) == 0.3     # step 2 = 32 samples is the last within
     assert C.first_reach(run, "eval/accuracy", 0.45) == (4, 64)
     assert C.first_reach(run, "eval/accuracy", 0.6) is None
+    assert C.value_at_step(run, "eval/accuracy", 0) == 0.1 and C.value_at_step(run, "eval/accuracy", 4) == 0.5
+    assert C.value_at_step(run, "eval/accuracy", 3) is None                        # no evaluation at step 3
 
 
 def test_cells_group_the_plans_seeds_and_count_missing_runs(tmp_path):

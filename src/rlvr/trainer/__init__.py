@@ -4,9 +4,9 @@
 The public surface for tools outside the library (benchmarks, studies): ``train`` and ``RunSummary``;
 ``build_problems(cfg)`` (the run's train and held-out problems), ``load_policy(cfg, device)`` (the policy model,
 LoRA-wrapped or fully trainable as the run builds it, and its tokenizer), ``system_prompt(cfg)`` and
-``make_encoder(tokenizer, system_prompt)`` (problem -> prompt token ids, as the trainer encodes them) and ``PromptStream`` (the seeded order in which a run
-takes its prompts); the module ``rlvr.trainer.staleness`` (the async trainer's staleness rules). Everything a run
-measures is in its metrics.jsonl (``rlvr.metrics.read_metrics``).
+``make_encoder(tokenizer, system_prompt)`` (problem -> prompt token ids, as the trainer encodes them), and
+``PromptStream`` (the seeded order in which a run takes its prompts); the module ``rlvr.trainer.staleness`` (the
+async trainer's staleness rules). Everything a run measures is in its metrics.jsonl (``rlvr.metrics.read_metrics``).
 """
 from __future__ import annotations
 
