@@ -68,6 +68,11 @@ def parity(completion, gold):
     return VerifyResult(float(ok), f"len{len(completion)}", "parity" if ok else "no parity")
 
 
+@verifiers.register("user_alarm", main_thread=True)
+def alarm(completion, gold):
+    return VerifyResult(float(completion.strip() == gold), completion.strip(), "alarm")
+
+
 @engines.register("user_engine", full_weights=True, async_only=True)
 def user_engine(cfg, policy):
     from rlvr.rollout import HFSampler
@@ -155,8 +160,21 @@ def test_the_trainer_reads_the_source_facts_and_checks_verifiers_before_loading(
     assert {p.verifier for p in train} == {"user_parity"}
     bad = load_config(None, [*TINY, "data.verifier=user_parit"])
     with pytest.raises(ValueError, match="data.verifier=user_parit: unknown verifier 'user_parit'; valid names: "
-                                         "int, int_last, math, user_parity"):
+                                         "int, int_last, math, user_alarm, user_parity"):
         build.build_problems(bad)      # before any model loads
+
+
+def test_a_main_thread_verifier_is_refused_where_the_async_trainer_would_score_it_in_a_thread(user):
+    # The fact travels with the function: both spellings give the entry it was registered with.
+    assert verifiers.verifier_spec("user_alarm") is verifiers.verifier_spec(f"{MODULE}:alarm")
+    assert verifiers.verifier_spec("user_alarm").main_thread and not verifiers.verifier_spec("user_parity").main_thread
+    base = [*TINY, "data.verifier=user_alarm", "trainer=async"]
+    with pytest.raises(ValueError, match="verifier 'user_alarm' works only in a process's main thread, and "
+                                         r"trainer=async with reward.num_workers=0 .* set reward.num_workers >= 1"):
+        build.build_problems(load_config(None, [*base, "reward.num_workers=0"]))      # before any model loads
+    for ok in ([*base, "reward.num_workers=1"], [*TINY, "data.verifier=user_alarm", "reward.num_workers=0"],
+               [*TINY, "data.verifier=user_parity", "trainer=async", "reward.num_workers=0"]):
+        assert len(build.build_problems(load_config(None, ok))[0]) == 112     # workers, sync, a thread-safe verifier
 
 
 def test_verifier_is_reached_by_name_and_path_also_in_reward_worker_processes(user):

@@ -390,6 +390,17 @@ def test_registry_names_and_lookup():
     assert get_verifier("reward_fixtures:pid") is reward_fixtures.pid
 
 
+def test_registry_facts_mark_the_verifiers_that_need_a_main_thread():
+    from rlvr.rewards import verifier_spec
+    import reward_fixtures
+
+    assert {name: verifier_spec(name).main_thread for name in VERIFIERS.names()} == \
+        {"int": False, "int_last": False, "math": True}
+    assert verifier_spec("rlvr.rewards.verifiers:verify_math") is verifier_spec("math")
+    spec = verifier_spec("reward_fixtures:pid")        # never registered: accepted, with the default facts
+    assert spec.fn is reward_fixtures.pid and spec.name == "reward_fixtures:pid" and not spec.main_thread
+
+
 @pytest.mark.parametrize("name, message", [
     ("maths", "unknown verifier 'maths'; valid names: int, int_last, math"),
     ("no_such_module_xyz:f", "cannot import 'no_such_module_xyz:f'"),

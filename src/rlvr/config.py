@@ -237,7 +237,8 @@ class RewardConfig:
     overlong_penalty: float = 1.0
     """Scale of the overlong penalty."""
     num_workers: int = 2
-    """Verifier worker processes (0 = in the trainer's process)."""
+    """Verifier worker processes (0 = in the trainer's process; refused with trainer=async for a verifier that
+    needs a main thread, such as math, because the async trainer scores in its rollout thread)."""
     timeout_s: float = 5.0
     """Per-completion verification timeout; a timeout scores 0."""
 

@@ -5,8 +5,9 @@ reference samples"), so call sites never branch on names. The facts travel with 
 import path ``"package.module:function"`` resolves to the entry the function was registered with (the
 same object its name gives), so both spellings train the same thing. In a registry with facts, a
 function that was never registered is refused with an error saying how to register it (the
-``register`` decorator in the function's own module); registries without facts (KL estimators,
-verifiers, model presets) accept any callable. Standard library only.
+``register`` decorator in the function's own module), unless every fact has a safe default
+(``unregistered_ok``: verifiers, whose one fact marks the exception); registries without facts (KL
+estimators, model presets) accept any callable. Standard library only.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class Registry(Generic[E]):
     make: Callable[..., E] | None = None
     decorator: str = "register"
     """How users reach ``register`` (e.g. "rlvr.losses.register"), for error messages."""
+    unregistered_ok: bool = False
+    """With ``make``: an import path to a function that was never registered gives a fresh entry with every fact
+    at its default, instead of the error (for registries whose defaults are right for most functions)."""
     _entries: dict[str, E] = field(default_factory=dict)
     _by_fn: dict[Callable[..., Any], E] = field(default_factory=dict)
 
@@ -87,6 +91,8 @@ class Registry(Generic[E]):
             return self._by_fn[fn]
         if self.make is None:
             return fn  # type: ignore[return-value]
+        if self.unregistered_ok:
+            return self.make(name=name, fn=fn)
         facts = ", ".join(f"{f.name}=..." for f in dataclasses.fields(self.make) if f.name not in ("name", "fn"))
         raise ValueError(f"{name!r} is not a registered {self.kind}, so rlvr does not know what the training loop "
                          f"must provide for it: decorate it in its module with @{self.decorator}(\"my_name\", "

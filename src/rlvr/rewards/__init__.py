@@ -2,7 +2,7 @@
 
   extract     find_answer / extract_answer / format_score: the final answer of a completion
   verifiers   VerifyResult, verify_math (math-verify), verify_int (exact integer), verify_int_last (lenient),
-              the VERIFIERS registry and its ``register`` decorator
+              the VERIFIERS registry, its ``register`` decorator and facts (``verifier_spec``)
   pool        RewardPool: verifiers in worker processes with a per-item timeout
   shaping     reward shaping terms (torch)
   scoring     score (verifier + shaping of a rollout), Scores, RewardSettings (torch)
@@ -17,9 +17,11 @@ Example:
 """
 from rlvr.rewards.extract import REQUESTED_FORMS, extract_answer, find_answer, format_score
 from rlvr.rewards.pool import RewardPool, RewardPoolError
-from rlvr.rewards.verifiers import VERIFIERS, VerifyResult, get_verifier, parse_int, verify_int, verify_int_last, verify_math
+from rlvr.rewards.verifiers import (VERIFIERS, VerifierSpec, VerifyResult, get_verifier, parse_int, verifier_spec,
+                                    verify_int, verify_int_last, verify_math)
 
 __all__ = ["VerifyResult", "verify_math", "verify_int", "verify_int_last", "parse_int", "VERIFIERS", "get_verifier",
+           "VerifierSpec", "verifier_spec",
            "find_answer", "extract_answer", "format_score", "REQUESTED_FORMS", "RewardPool", "RewardPoolError",
            "RewardSettings", "Scores", "score"]
 

@@ -1,9 +1,12 @@
 r"""Verifiers: ``(completion, gold) -> VerifyResult``, and the VERIFIERS registry ("math", "int", "int_last").
 
-A verifier is registered with the decorator in its own module, ``@rlvr.rewards.verifiers.register("name")``
-(no facts: scoring calls every verifier the same way), and named in a config by that name or by its import
-path ``module:function``; an unregistered function is also accepted by import path. Reward worker processes
-resolve a registered name through ``portable_name``, so a verifier registered outside rlvr reaches them too.
+A verifier is registered with the decorator in its own module, ``@rlvr.rewards.verifiers.register("name")``,
+and named in a config by that name or by its import path ``module:function``; an unregistered function is also
+accepted by import path, with the default facts. Scoring calls every verifier the same way; the one fact,
+``main_thread=True`` (``VerifierSpec``), marks a verifier that works only in a process's main thread, so a run
+that would score it elsewhere is refused before anything loads (``rlvr.trainer.build.check_scoring_thread``).
+Reward worker processes resolve a registered name through ``portable_name``, so a verifier registered outside
+rlvr reaches them too.
 
 A verifier extracts the final answer from the completion (rlvr.rewards.extract) and checks it
 against the gold answer. It is pure and raises only for bad *gold* data (ValueError naming it); a
@@ -55,8 +58,8 @@ from math_verify.errors import TimeoutException
 from rlvr.registry import Registry
 from rlvr.rewards.extract import extract_answer, strip_math_delimiters
 
-__all__ = ["VerifyResult", "verify_math", "verify_int", "verify_int_last", "math_text", "parse_int", "VERIFIERS",
-           "get_verifier", "register", "portable_name", "MATH_BUDGET_S"]
+__all__ = ["VerifyResult", "VerifierSpec", "verify_math", "verify_int", "verify_int_last", "math_text", "parse_int",
+           "VERIFIERS", "get_verifier", "verifier_spec", "register", "portable_name", "MATH_BUDGET_S"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +79,21 @@ class VerifyResult:
 
 Verifier = Callable[[str, str], VerifyResult]
 
-VERIFIERS: Registry[Verifier] = Registry("verifier", decorator="rlvr.rewards.verifiers.register")
-register = VERIFIERS.register  # decorator: register(name); the function is returned unchanged
+
+@dataclass(frozen=True)
+class VerifierSpec:
+    """A registered verifier and what a caller must know about it."""
+
+    name: str
+    fn: Verifier
+    main_thread: bool = False
+    """Works only in a process's main thread (math-verify's SIGALRM timeouts): score it in RewardPool workers,
+    or in-process (``reward.num_workers=0``) only from the main thread."""
+
+
+VERIFIERS: Registry[VerifierSpec] = Registry("verifier", VerifierSpec, decorator="rlvr.rewards.verifiers.register",
+                                             unregistered_ok=True)
+register = VERIFIERS.register  # decorator: register(name, main_thread=False); the function is returned unchanged
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,7 +180,7 @@ def _equivalent(gold: list[Any], pred: list[Any], deadline: float) -> bool:
     return False
 
 
-@register("math")
+@register("math", main_thread=True)
 def verify_math(completion: str, gold: str, *, budget_s: float = MATH_BUDGET_S) -> VerifyResult:
     """Score 1.0 if the completion's final answer is mathematically equal to ``gold`` (math-verify).
 
@@ -283,6 +299,12 @@ def get_verifier(name: str) -> Verifier:
 
     Unknown names raise ValueError listing the registered ones.
     """
+    return VERIFIERS.entry(name).fn
+
+
+def verifier_spec(name: str) -> VerifierSpec:
+    """The verifier ``name`` (as ``get_verifier`` reads it) with its facts; an unregistered import path has the
+    defaults."""
     return VERIFIERS.entry(name)
 
 

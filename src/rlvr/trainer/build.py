@@ -87,6 +87,7 @@ def build_problems(cfg: TrainConfig) -> tuple[list[Problem], list[Problem]]:
                     template=d.template, verifier=d.verifier, answer_extract=d.answer_extract, path=d.path,
                     **({"task_kwargs": d.task_kwargs} if d.task_kwargs else {}))
     check_verifiers(problems, f"data.source={d.source} with data.verifier={d.verifier}")
+    check_scoring_thread(cfg, problems)
     return split_problems(problems, eval_size=d.eval_size, seed=d.seed)
 
 
@@ -111,6 +112,21 @@ def check_verifiers(problems: list[Problem], where: str) -> None:
         except ValueError as err:
             raise ValueError(f"{where}: verifier {p.verifier!r} cannot check the gold {p.answer!r} of problem {p.id}: "
                              f"{err} (data.verifier=null uses the source's own verifier)") from None
+
+
+def check_scoring_thread(cfg: TrainConfig, problems: list[Problem]) -> None:
+    """The async trainer scores its batches in the producer thread, so with ``reward.num_workers=0`` (verifiers
+    in the trainer's process) a verifier that works only in a main thread (``math``: SIGALRM) would fail at the
+    first batch, after the model loaded and sampled. Refuse that here, naming the way out."""
+    from rlvr.rewards import verifier_spec
+
+    if cfg.trainer != "async" or cfg.reward.num_workers > 0:
+        return
+    for name in dict.fromkeys(p.verifier for p in problems):
+        if verifier_spec(name).main_thread:
+            raise ValueError(f"data.verifier: verifier {name!r} works only in a process's main thread, and "
+                             "trainer=async with reward.num_workers=0 scores in its rollout thread: set "
+                             "reward.num_workers >= 1 (verifier worker processes)")
 
 
 def prompt_template(cfg: TrainConfig) -> Any:
