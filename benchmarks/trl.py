@@ -279,20 +279,6 @@ def run_rlvr(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     return {"steps": rlvr_steps(read_metrics(run_dir)), "wall_s": wall}
 
 
-def load_policy(cfg: Any) -> tuple[Any, Any]:
-    """The config's model in fp32 with every parameter trained (the benchmark's full fine-tune), and its tokenizer;
-    the global generator seeded with ``cfg.seed`` afterwards, as rlvr's trainer leaves it."""
-    import torch
-
-    from rlvr.models import load_model
-
-    model, tokenizer = load_model(cfg.model.name, dtype=torch.float32, cache_dir=cfg.model.cache_dir)
-    torch.manual_seed(cfg.seed)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return model, tokenizer
-
-
 def adamw(cfg: Any, model: Any) -> tuple[Any, Any]:
     """AdamW with the config's lr, betas and weight decay, and a constant-lr scheduler (what rlvr's trainer builds
     for ``optim.schedule=constant`` without warm-up, the only schedule ``check_settings`` lets through)."""
@@ -372,11 +358,13 @@ def run_trl(cfg: Any, problems: Sequence[Any], output_dir: str | Path, *, check_
     from transformers import PrinterCallback
     from trl import GRPOTrainer
 
+    from rlvr.trainer import load_policy
+
     timer = StepTimer()
     t0 = time.perf_counter()
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
-    model, tokenizer = load_policy(cfg)
+    model, tokenizer = load_policy(cfg, torch.device("cpu"))   # check_settings: a full fp32 fine-tune
     texts, ids = prompt_texts(tokenizer, problems, cfg.model.system_prompt)
     dataset = Dataset.from_dict({"prompt": texts, "answer": [p.answer for p in problems],
                                  "verifier": [p.verifier for p in problems]})
