@@ -216,6 +216,38 @@ def test_values_fn_equals_completion_values_whatever_the_micro_batch_size():
         assert torch.equal(got[~ro.loss_mask], torch.zeros(int((~ro.loss_mask).sum())))
 
 
+@pytest.mark.parametrize("share_prompts, pack, path", [(True, False, "shared_prompt_hidden"),
+                                                       (False, True, "packed_hidden"),
+                                                       (True, True, "packed_shared_hidden")])
+def test_shared_and_packed_value_passes_equal_the_padded_pass_in_values_and_gradients(share_prompts, pack, path,
+                                                                                        monkeypatch):
+    import rlvr.logprobs as logprobs_lib
+
+    critic = _critic()
+    _random_head(critic)
+    ro = _rollout([4, 4, 4, 6, 6, 2], [5, 1, 3, 6, 2, 4], T=7, seed=11)
+    prompts = [ro.prompt_ids[0]] * 3 + [ro.prompt_ids[3]] * 2 + [ro.prompt_ids[5]]   # two groups and a single
+    w = torch.randn(6, 7, generator=torch.Generator().manual_seed(2))
+
+    def run() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        critic.zero_grad()
+        v = completion_values(critic, prompts, ro.completion_ids, ro.lengths)
+        (v * w).sum().backward()
+        return v.detach(), {k: p.grad.clone() for k, p in critic.named_parameters()}
+
+    want, want_grads = run()                     # the padded pass: every row prompt + completion
+    calls = []
+    real = getattr(logprobs_lib, path)
+    monkeypatch.setattr(logprobs_lib, path, lambda *a, **k: calls.append(path) or real(*a, **k))
+    critic.share_prompts, critic.pack = share_prompts, pack
+    got, got_grads = run()
+    assert calls == [path]                       # the pass under test ran, not the padded fallback
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert torch.equal(got[~ro.loss_mask], torch.zeros(int((~ro.loss_mask).sum())))
+    for k, g in want_grads.items():
+        torch.testing.assert_close(got_grads[k], g, atol=1e-5, rtol=1e-4, msg=k)
+
+
 # ----------------------------------------------------------------------------------------------
 # 2. Gradients
 # ----------------------------------------------------------------------------------------------
@@ -317,6 +349,9 @@ def test_build_critic_follows_the_registry_not_the_name(token_level_estimator):
     cfg = load_config(None, [*TINY, "algo.advantage=gae", "model.lora=false"])
     critic = _check_critic(build_critic(cfg), cfg)
     assert all(p.requires_grad for p in critic.parameters())  # model.lora=false: full fine-tune
+    assert (critic.share_prompts, critic.pack) == (True, False)  # its passes run as the policy's (the defaults)
+    cfg = load_config(None, [*TINY, "algo.advantage=gae", "model.share_prompts=false", "model.pack_sequences=true"])
+    assert (lambda c: (c.share_prompts, c.pack))(build_critic(cfg)[0]) == (False, True)
 
     cfg = load_config(None, [*TINY, f"algo.advantage={name}", "model.lora=true", "algo.reward_kl_coef=0.1"])
     build.check_algorithm(cfg)  # a token-level estimator accepts the KL-in-reward term

@@ -62,15 +62,16 @@ class ModelConfig:
     logprob_chunk_size: int = 1024
     """Token positions per chunk of the chunked log-softmax."""
     share_prompts: bool = True
-    """Log-prob passes (training, π_old, reference) run each distinct prompt of a micro-batch through the decoder
-    once and let its completions attend to its KV cache, gradients included (``logprobs.shared_prompt_hidden``);
-    false runs prompt + completion per row. Same values up to float rounding."""
+    """Log-prob passes (training, π_old, reference) and the critic's value passes run each distinct prompt of a
+    micro-batch through the decoder once and let its completions attend to its KV cache, gradients included
+    (``logprobs.shared_prompt_hidden``); false runs prompt + completion per row. Same values up to float
+    rounding."""
     pack_sequences: bool = False
-    """Padding-free log-prob passes (training, π_old, reference): a micro-batch's sequences share packed rows (of at
-    most the longest sequence's length), position ids restarting per sequence and attention confined to each
-    (``logprobs.packed_hidden`` /
-    ``packed_shared_hidden``; flash attention's varlen kernel on a GPU); a token budget
-    (``algo.max_tokens_per_micro_batch``) then counts no padding. Same values up to float rounding."""
+    """Padding-free log-prob passes (training, π_old, reference) and value passes (the critic): a micro-batch's
+    sequences share packed rows (of at most the longest sequence's length), position ids restarting per sequence
+    and attention confined to each (``logprobs.packed_hidden`` / ``packed_shared_hidden``; flash attention's
+    varlen kernel on a GPU); a token budget (``algo.max_tokens_per_micro_batch``) then counts no padding. Same
+    values up to float rounding."""
     threads: int | None = None
     """torch CPU threads (None: torch's default; the async trainer with thread workers then takes half the
     cores, so that generation and training each run on their own half)."""

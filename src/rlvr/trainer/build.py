@@ -229,8 +229,9 @@ def build_critic(cfg: TrainConfig, device: torch.device, algo: Algorithm, world:
     """A ``Critic`` (value model, its optimiser, the value clip) when the algorithm ``needs_critic``; else None.
 
     The critic is a fresh copy of the policy's initial model with a zero-initialised scalar head
-    (rlvr.value); LoRA follows ``critic.lora`` (None: as the policy). With several learner ranks it is
-    distributed like the policy (``dist.wrap``) before its optimiser is made.
+    (rlvr.value); LoRA follows ``critic.lora`` (None: as the policy), its passes ``model.share_prompts`` and
+    ``model.pack_sequences`` as the policy's do. With several learner ranks it is distributed like the policy
+    (``dist.wrap``) before its optimiser is made.
     """
     from rlvr.trainer import dist
 
@@ -247,7 +248,7 @@ def build_critic(cfg: TrainConfig, device: torch.device, algo: Algorithm, world:
     torch.manual_seed(cfg.seed + 1)  # the critic's LoRA initialisation, apart from the policy's
     lora = dict(rank=m.lora_rank, alpha=m.lora_alpha, dropout=m.lora_dropout,
                 target_modules=m.lora_target_modules) if use_lora else None
-    critic = build_value_model(lm, lora=lora)
+    critic = build_value_model(lm, lora=lora, share_prompts=m.share_prompts, pack=m.pack_sequences)
     world = world or dist.World()
     module = dist.wrap(critic, critic.lm, world)
     params = [p for p in critic.parameters() if p.requires_grad]
