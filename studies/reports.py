@@ -15,7 +15,9 @@ check) and its Markdown and plot (``*_report``: (lines, PNG paths written)).
   its first 5 (reward falling below its starting value) by a one-sided Welch t-test at the 5% level, and separately
   a final held-out accuracy below the start; the lowest 5-step mean reward; the scale imbalance
   ``policy/nll_neg_over_pos`` (mean NLL of tokens with negative advantage over that of positive ones) averaged over
-  training and at the end; ``policy/behavior_kl`` and the mean staleness actually seen (``async/staleness``).
+  training and at the end; ``policy/behavior_kl``, the fraction of tokens a clipped loss cut
+  (``loss_stats/clip_frac``: whether decoupled PPO's clip ever acts) and the mean staleness actually seen
+  (``async/staleness``).
 
 A cell is ``mean ± h`` (h: half-width of the 95% Student-t interval over seeds), followed by ``(k/n)`` when only k
 of the cell's n seeds have the value.
@@ -264,7 +266,8 @@ def maxpo_report(cells: Sequence[Cell], img: Path | None) -> tuple[list[str], li
 def async_table(cells: Sequence[Cell], axis: str = "rollout.max_staleness") -> list[dict[str, Any]]:
     """One dict per cell, ordered by η then plan order: objective, eta, cell, final, change (Estimates of the
     held-out accuracy), collapses and below_start ((runs, runs tested)), lowest (5-step reward), nll_mean,
-    nll_final, behavior_kl, staleness (Estimates)."""
+    nll_final, behavior_kl, clipped (the fraction of tokens the loss's clip cut, mean over steps; none for a loss
+    without a clip), staleness (Estimates)."""
     variants = list(dict.fromkeys(c.variant for c in cells))
     rows = []
     for c in sorted(cells, key=lambda c: (c.grid.get(axis, 0), variants.index(c.variant))):
@@ -275,6 +278,7 @@ def async_table(cells: Sequence[Cell], axis: str = "rollout.max_staleness") -> l
                      "nll_mean": c.estimate(lambda r: mean_over(r, "policy/nll_neg_over_pos")),
                      "nll_final": c.estimate(lambda r: final_value(r, "policy/nll_neg_over_pos")),
                      "behavior_kl": c.estimate(lambda r: mean_over(r, "policy/behavior_kl")),
+                     "clipped": c.estimate(lambda r: mean_over(r, "loss_stats/clip_frac")),
                      "staleness": c.estimate(lambda r: mean_over(r, "async/staleness"))})
     return rows
 
@@ -287,10 +291,11 @@ def async_report(cells: Sequence[Cell], img: Path | None, axis: str = "rollout.m
         rows.append([r["objective"], "—" if r["eta"] is None else str(r["eta"]), _seeds(r["cell"]),
                      fmt(r["final"], n), fmt(r["change"], n), "{}/{}".format(*r["collapses"]),
                      "{}/{}".format(*r["below_start"]), fmt(r["lowest"], n), fmt(r["nll_mean"], n, 2),
-                     fmt(r["nll_final"], n, 2), fmt(r["behavior_kl"], n, 4), fmt(r["staleness"], n, 2)])
+                     fmt(r["nll_final"], n, 2), fmt(r["behavior_kl"], n, 4), fmt(r["clipped"], n, 4),
+                     fmt(r["staleness"], n, 2)])
     lines = _table(["objective", "η", "seeds", "final held-out acc.", "change from start", "reward collapses",
                     "held-out below start", "lowest 5-step reward", "nll_neg/nll_pos (mean)", "(final)",
-                    "behavior KL (mean)", "staleness seen"], rows)
+                    "behavior KL (mean)", "clipped tokens (mean)", "staleness seen"], rows)
     return lines, ([] if img is None else [_async_plot(cells, img, axis)])
 
 

@@ -210,7 +210,7 @@ def test_maxpo_start_row_pools_the_runs_that_evaluated_at_step_0(tmp_path):
 def test_async_table_rows(tmp_path):
     down = [0.5] * 5 + [0.1] * 10
     flat = [0.3, 0.5, 0.2, 0.6, 0.4] + [0.35, 0.45, 0.2, 0.5, 0.3, 0.4, 0.3, 0.45, 0.25, 0.35]
-    extra = {"policy/nll_neg_over_pos": 3.0, "async/staleness": 1.5}
+    extra = {"policy/nll_neg_over_pos": 3.0, "async/staleness": 1.5, "loss_stats/clip_frac": 0.02}
     root = sweep(tmp_path, [
         ("current_policy", {"rollout.max_staleness": 8}, 0, eval_rows([0.4, 0.1], 15, rewards=down, **extra), {}),
         ("current_policy", {"rollout.max_staleness": 8}, 1, eval_rows([0.4, 0.3], 15, rewards=flat, **extra), {}),
@@ -227,11 +227,13 @@ def test_async_table_rows(tmp_path):
     assert_estimate(cp["lowest"], (0.1 + low_flat) / 2, T2 * abs(low_flat - 0.1) / 2)
     assert_estimate(cp["nll_mean"], 3.0, 0.0)
     assert_estimate(cp["staleness"], 1.5, 0.0)
+    assert_estimate(cp["clipped"], 0.02, 0.0)
     assert asympo["collapses"] == (0, 1) and asympo["below_start"] == (0, 1) and not asympo["nll_mean"].values
+    assert not asympo["clipped"].values                                # a loss without a clip logs none
     lines, written = R.async_report(C.load_cells(root), tmp_path / "img")
     md = [[c.strip() for c in r.split("|")[1:-1]] for r in lines[2:]]
     assert md[1][:7] == ["current_policy", "8", "2", R.fmt(cp["final"], 2), R.fmt(cp["change"], 2), "1/2", "2/2"]
-    assert md[0][8] == "n/a"
+    assert md[0][8] == "n/a" and md[0][11] == "n/a" and md[1][11] == R.fmt(cp["clipped"], 2, 4)
     assert written[0].name == "study_async.png" and written[0].stat().st_size > 1000
 
 
