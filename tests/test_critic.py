@@ -351,7 +351,8 @@ def test_build_critic_follows_the_registry_not_the_name(token_level_estimator):
     assert all(p.requires_grad for p in critic.parameters())  # model.lora=false: full fine-tune
     assert (critic.share_prompts, critic.pack) == (True, False)  # its passes run as the policy's (the defaults)
     cfg = load_config(None, [*TINY, "algo.advantage=gae", "model.share_prompts=false", "model.pack_sequences=true"])
-    assert (lambda c: (c.share_prompts, c.pack))(build_critic(cfg)[0]) == (False, True)
+    packed = build_critic(cfg)[0]
+    assert (packed.share_prompts, packed.pack) == (False, True)
 
     cfg = load_config(None, [*TINY, f"algo.advantage={name}", "model.lora=true", "algo.reward_kl_coef=0.1"])
     build.check_algorithm(cfg)  # a token-level estimator accepts the KL-in-reward term
